@@ -1,0 +1,3 @@
+from sleepstage_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per CLI command: options, a call into the core, the printed result."""

@@ -1,0 +1,1 @@
+"""Reading what users have: EDF/EDF+/BDF signals, channel selection and hypnograms."""

@@ -1,0 +1,334 @@
+"""EDF, EDF+ and BDF files: a validating header parser and a lazy per-channel reader.
+
+The header is parsed here (it is 256 bytes plus 256 per signal, fixed-width ASCII) so that a broken
+file gets a clear message before any library touches it, and so that channel listing never reads
+signal data. Samples are read with pyedflib, one channel at a time; files pyedflib refuses but MNE
+reads (e.g. a digital minimum it rejects) fall back to MNE. Values come back in microvolts whatever
+the case of the file's unit string (``uV``, ``UV``, ``µV``, ``mV``, ``V``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sleepstage_cli.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_ANNOTATION_LABELS = ("edf annotations", "bdf annotations")
+
+_UV_PER_UNIT = {"uv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3, "kv": 1e9}
+
+
+def unit_to_microvolts(unit: str) -> float | None:
+    """Factor taking values in ``unit`` to microvolts, or None when the unit is not a voltage.
+
+    Case-insensitive: DREAMS writes ``UV``, which means microvolts, not megavolts.
+    """
+    key = unit.strip().lower().replace("\u00b5", "u").replace("\u03bc", "u")
+    return _UV_PER_UNIT.get(key)
+
+
+@dataclass(frozen=True)
+class SignalInfo:
+    """One signal of an EDF header."""
+
+    index: int
+    label: str
+    unit: str
+    samples_per_record: int
+    sampling_rate: float
+    physical_min: float
+    physical_max: float
+    digital_min: int
+    digital_max: int
+    transducer: str = ""
+    prefilter: str = ""
+
+
+@dataclass(frozen=True)
+class EdfHeader:
+    """What the header of an EDF/EDF+/BDF file says, checked against the file's size."""
+
+    path: Path
+    kind: str  # "EDF" or "BDF"
+    variant: str  # "", "EDF+C", "EDF+D", "BDF+C", "BDF+D"
+    start: dt.datetime | None
+    n_records: int
+    record_duration: float
+    signals: tuple[SignalInfo, ...]
+    annotation_indices: tuple[int, ...] = field(default=())
+
+    @property
+    def duration(self) -> float:
+        """Recording length in seconds (records x record duration)."""
+        return self.n_records * self.record_duration
+
+    @property
+    def is_discontinuous(self) -> bool:
+        return self.variant.endswith("+D")
+
+    @property
+    def is_annotations_only(self) -> bool:
+        """True for an EDF+ file with no signal besides its annotations (a hypnogram file)."""
+        return len(self.signals) == 0 and len(self.annotation_indices) > 0
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.signals]
+
+
+def _field(raw: bytes, what: str, path: Path) -> str:
+    try:
+        return raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1").strip()
+
+
+def _number(text: str, what: str, path: Path, integer: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"corrupted EDF header: {what} is {text!r}, not a number", path) from None
+    if integer and value != int(value):
+        raise InputError(f"corrupted EDF header: {what} is {text!r}, not a whole number", path)
+    return int(value) if integer else value
+
+
+def _start_time(date: str, time: str) -> dt.datetime | None:
+    try:
+        day, month, year = (int(p) for p in date.split("."))
+        hour, minute, second = (int(p) for p in time.split("."))
+        # EDF's two-digit years: 85-99 are 1985-1999, 00-84 are 2000-2084.
+        year += 1900 if year >= 85 else 2000
+        return dt.datetime(year, month, day, hour, minute, second)
+    except (ValueError, TypeError):
+        return None
+
+
+def read_header(path: str | Path) -> EdfHeader:
+    """Parse and validate the header of an EDF, EDF+ or BDF file.
+
+    Raises InputError (one line, naming the file) when the path is not a readable file, is not an
+    EDF/BDF file, has a malformed header, or is shorter than its header declares (truncated).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path)
+    if path.is_dir():
+        raise InputError("is a folder, not an EDF file", path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fixed = fh.read(256)
+            if size == 0:
+                raise InputError("file is empty (0 bytes), not an EDF file", path)
+            if len(fixed) < 256:
+                raise InputError(f"not an EDF file: only {len(fixed)} bytes, an EDF header needs 256", path)
+            if fixed[:8] == b"0       ":
+                kind, sample_bytes = "EDF", 2
+            elif fixed[:8] == b"\xffBIOSEMI":
+                kind, sample_bytes = "BDF", 3
+            else:
+                raise InputError("not an EDF/BDF file (its first bytes are not an EDF version field)", path)
+            header_bytes = _number(_field(fixed[184:192], "", path), "header size", path, integer=True)
+            reserved = _field(fixed[192:236], "", path)
+            n_records = _number(_field(fixed[236:244], "", path), "number of data records", path, integer=True)
+            record_duration = _number(_field(fixed[244:252], "", path), "data record duration", path)
+            ns = _number(_field(fixed[252:256], "", path), "number of signals", path, integer=True)
+            if ns < 0 or ns > 4096:
+                raise InputError(f"corrupted EDF header: {ns} signals", path)
+            if header_bytes != 256 * (ns + 1):
+                raise InputError(
+                    f"corrupted EDF header: header size {header_bytes} bytes does not match "
+                    f"{ns} signals ({256 * (ns + 1)} bytes)", path)
+            rest = fh.read(256 * ns)
+            if len(rest) < 256 * ns:
+                raise InputError("truncated EDF: the file ends inside its header", path)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path) from None
+
+    def column(offset: int, width: int) -> list[str]:
+        start = offset * ns
+        return [_field(rest[start + i * width:start + (i + 1) * width], "", path) for i in range(ns)]
+
+    labels = column(0, 16)
+    transducers = column(16, 80)
+    units = column(96, 8)
+    pmins = column(104, 8)
+    pmaxs = column(112, 8)
+    dmins = column(120, 8)
+    dmaxs = column(128, 8)
+    prefilters = column(136, 80)
+    nsamps = column(216, 8)
+
+    samples = [_number(n, f"samples per record of signal {i + 1} ({labels[i]!r})", path, integer=True)
+               for i, n in enumerate(nsamps)]
+    if any(n <= 0 for n in samples):
+        bad = labels[samples.index(min(samples))]
+        raise InputError(f"corrupted EDF header: signal {bad!r} has no samples per record", path)
+    record_bytes = sum(samples) * sample_bytes
+    data_bytes = size - header_bytes
+    complete = data_bytes // record_bytes if record_bytes else 0
+    if n_records == -1:  # allowed while recording: the size tells
+        n_records = int(complete)
+    elif n_records < 0:
+        raise InputError(f"corrupted EDF header: {n_records} data records", path)
+    elif complete < n_records:
+        raise InputError(
+            f"truncated EDF: the header declares {n_records} data records ({n_records * record_bytes} bytes) "
+            f"but the file holds {data_bytes} bytes of data ({complete} complete records)", path)
+    elif complete > n_records:
+        log.info("%s: %d bytes after the declared %d records are ignored", path,
+                 data_bytes - n_records * record_bytes, n_records)
+
+    variant = ""
+    if reserved.upper().startswith(("EDF+C", "EDF+D", "BDF+C", "BDF+D")):
+        variant = reserved[:5].upper()
+    annotation_indices = tuple(i for i, lab in enumerate(labels) if lab.lower() in _ANNOTATION_LABELS)
+
+    signals = []
+    for i in range(ns):
+        if i in annotation_indices:
+            continue
+        if record_duration <= 0:
+            raise InputError(f"corrupted EDF header: data record duration is {record_duration} s "
+                             "but the file holds signals", path)
+        what = f"signal {labels[i]!r}"
+        dmin = _number(dmins[i], f"digital minimum of {what}", path, integer=True)
+        dmax = _number(dmaxs[i], f"digital maximum of {what}", path, integer=True)
+        pmin = _number(pmins[i], f"physical minimum of {what}", path)
+        pmax = _number(pmaxs[i], f"physical maximum of {what}", path)
+        if dmax == dmin:
+            raise InputError(f"corrupted EDF header: {what} has equal digital minimum and maximum", path)
+        signals.append(SignalInfo(
+            index=i, label=labels[i], unit=units[i], samples_per_record=samples[i],
+            sampling_rate=samples[i] / record_duration, physical_min=pmin, physical_max=pmax,
+            digital_min=int(dmin), digital_max=int(dmax), transducer=transducers[i], prefilter=prefilters[i]))
+
+    start = _start_time(_field(fixed[168:176], "", path), _field(fixed[176:184], "", path))
+    return EdfHeader(path=path, kind=kind, variant=variant, start=start, n_records=int(n_records),
+                     record_duration=float(record_duration), signals=tuple(signals),
+                     annotation_indices=annotation_indices)
+
+
+class EdfReader:
+    """Read single signals of an EDF file on demand, in microvolts.
+
+    pyedflib is tried first (fast, reads one channel without touching the others); when it refuses
+    a file, MNE reads it instead, one channel at a time so that each keeps its own sampling rate.
+    Use as a context manager.
+    """
+
+    def __init__(self, path: str | Path, header: EdfHeader | None = None) -> None:
+        self.path = Path(path)
+        self.header = header or read_header(self.path)
+        self._pyedf = None
+        self._backend = ""
+
+    def __enter__(self) -> "EdfReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pyedf is not None:
+            self._pyedf.close()
+            self._pyedf = None
+
+    @property
+    def backend(self) -> str:
+        """"pyedflib" or "mne" once a signal has been read."""
+        return self._backend
+
+    def _open(self) -> None:
+        if self._backend:
+            return
+        import pyedflib
+
+        try:
+            self._pyedf = pyedflib.EdfReader(os.fspath(self.path))
+            self._backend = "pyedflib"
+        except OSError as exc:
+            log.info("%s: pyedflib cannot open it (%s); reading with MNE", self.path, exc)
+            self._backend = "mne"
+
+    def read(self, signal: SignalInfo) -> np.ndarray:
+        """All samples of one signal as float64 microvolts (physical values x unit factor).
+
+        A signal whose unit is not a voltage (or is blank) is returned in its own physical units.
+        """
+        self._open()
+        if self._backend == "pyedflib":
+            # pyedflib indexes signals without the annotation channel(s).
+            idx = signal.index - sum(1 for a in self.header.annotation_indices if a < signal.index)
+            try:
+                data = self._pyedf.readSignal(idx, digital=False)
+            except Exception as exc:  # pyedflib raises assorted types on broken data
+                raise InputError(f"cannot read signal {signal.label!r}: {exc}", self.path) from None
+        else:
+            data = self._read_mne(signal)
+        expected = self.header.n_records * signal.samples_per_record
+        if data.shape[0] != expected:
+            raise InputError(f"signal {signal.label!r} holds {data.shape[0]} samples, "
+                             f"the header declares {expected}", self.path)
+        factor = unit_to_microvolts(signal.unit)
+        if factor is not None and factor != 1.0:
+            data *= factor
+        return data
+
+    def _read_mne(self, signal: SignalInfo) -> np.ndarray:
+        import mne
+
+        try:
+            raw = mne.io.read_raw_edf(self.path, include=[signal.label], preload=False,
+                                      stim_channel=None, verbose="error")
+            data = raw.get_data()[0]
+        except Exception as exc:
+            raise InputError(f"cannot read signal {signal.label!r}: {exc}", self.path) from None
+        # MNE scales by its own reading of the unit string (1e-6 for exactly 'uV'/'µV', 1e-3 for
+        # 'mV', else 1); undo that to get the file's physical values, then apply ours.
+        gains = getattr(raw, "_raw_extras", [{}])[0].get("units")
+        gain = float(gains[0]) if gains is not None and len(gains) else _mne_unit_gain(signal.unit)
+        return np.asarray(data, dtype=np.float64) / gain
+
+
+def _mne_unit_gain(unit: str) -> float:
+    if unit in ("\u03bcV", "\u00b5V", "uV"):
+        return 1e-6
+    return 1e-3 if unit == "mV" else 1.0
+
+
+def read_annotations(path: str | Path, header: EdfHeader | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """EDF+ annotations of a file: onsets (s from the file's start), durations (s, 0 if none), texts.
+
+    Plain EDF files have none. pyedflib reads them; MNE is the fallback.
+    """
+    path = Path(path)
+    header = header or read_header(path)
+    if not header.annotation_indices:
+        return np.zeros(0), np.zeros(0), []
+    import pyedflib
+
+    try:
+        with pyedflib.EdfReader(os.fspath(path)) as reader:
+            onsets, durations, texts = reader.readAnnotations()
+    except OSError as exc:
+        log.info("%s: pyedflib cannot read its annotations (%s); reading with MNE", path, exc)
+        import mne
+
+        try:
+            ann = mne.read_annotations(path)
+        except Exception as exc2:
+            raise InputError(f"cannot read EDF+ annotations: {exc2}", path) from None
+        onsets, durations, texts = ann.onset, ann.duration, list(ann.description)
+    durations = np.where(np.asarray(durations, float) > 0, durations, 0.0).astype(float)
+    return np.asarray(onsets, float), durations, [str(t) for t in texts]

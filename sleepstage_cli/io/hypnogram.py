@@ -1,0 +1,327 @@
+"""Hypnograms in: EDF+ annotation files (MASS ``Base.edf``, Sleep-EDF ``*-Hypnogram.edf``, HMC
+``*_sleepscoring.edf``), EDF+ signal files that carry their own stage annotations, and CSV/TSV tables
+(one stage per epoch, or onset/duration/stage rows).
+
+Every format becomes a :class:`Hypnogram`: one row per scored epoch with its onset in seconds from
+the start of the recording and an AASM code (R&K 3 and 4 -> N3; ``?``, movement time and the like
+kept in place as UNSCORED). Run-length annotations are expanded into epochs; gaps between
+annotations are filled with UNSCORED epochs so that time stays on one grid. Events that are not
+stages (``Lights off@@EEG F4-A1``, ``RECORD START``, arousals) are ignored: the scored period is
+what the stage annotations cover.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from sleepstage_cli.errors import InputError
+from sleepstage_cli.io.edf import EdfHeader, read_annotations, read_header
+from sleepstage_cli.stages import (STAGES, UNSCORED, UnknownStageError, annotation_stage, stage_code,
+                                   stage_code_from_int)
+
+SUPPORTED_EPOCHS = (30.0, 20.0)
+_TOL = 1e-3  # seconds; annotation times are written with 100-ns to 10-ms resolution
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+
+_ONSET_COLUMNS = ("onset", "onset_s", "onset_sec", "start", "start_s", "start_time", "time", "begin")
+_DURATION_COLUMNS = ("duration", "duration_s", "dur", "length", "epoch_length")
+_STAGE_COLUMNS = ("stage", "sleep_stage", "stages", "label", "description", "value", "trial_type",
+                  "hypnogram", "annotation", "event", "score")
+
+
+@dataclass
+class Hypnogram:
+    """Scored epochs of one night.
+
+    Attributes
+    ----------
+    onsets : float64 array, seconds from the start of the recording, increasing.
+    stages : int8 array, 0-4 (W, N1, N2, N3, REM) or UNSCORED (-1).
+    epoch_length : seconds per scored epoch (30 for AASM, 20 for some R&K scorings).
+    source : the file it was read from.
+    notes : warnings met while reading (gaps filled, partial epochs dropped...).
+    """
+
+    onsets: np.ndarray
+    stages: np.ndarray
+    epoch_length: float
+    source: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.stages.shape[0])
+
+    def select(self, mask: np.ndarray) -> "Hypnogram":
+        """A copy keeping the epochs where ``mask`` is true."""
+        return replace(self, onsets=self.onsets[mask], stages=self.stages[mask], notes=list(self.notes))
+
+    def shifted(self, seconds: float) -> "Hypnogram":
+        """A copy with every onset moved by ``seconds``."""
+        return replace(self, onsets=self.onsets + seconds, notes=list(self.notes))
+
+    def counts(self) -> dict[str, int]:
+        """Epochs per stage name, plus ``unscored``."""
+        out = {name: int(np.sum(self.stages == code)) for code, name in enumerate(STAGES)}
+        out["unscored"] = int(np.sum(self.stages == UNSCORED))
+        return out
+
+
+# --------------------------------------------------------------------------- building from intervals
+
+def _infer_epoch_length(durations: np.ndarray, codes: np.ndarray, path: Path | None) -> float:
+    scored = durations[(codes != UNSCORED) & (durations > 0)]
+    pool = scored if scored.size else durations[durations > 0]
+    if pool.size == 0:
+        return 30.0
+    centis = np.round(pool * 100).astype(np.int64)
+    g = int(np.gcd.reduce(centis))
+    for length in SUPPORTED_EPOCHS:
+        if g % int(length * 100) == 0:
+            return length
+    raise InputError(f"cannot tell the epoch length: stage durations share no multiple of 30 s or 20 s "
+                     f"(greatest common step {g / 100:g} s); pass --epoch-length", path)
+
+
+def from_intervals(onsets: np.ndarray, durations: np.ndarray, codes: np.ndarray, source: Path | None,
+                   epoch_length: float | None = None) -> Hypnogram:
+    """Expand stage intervals (onset, duration, code) into epochs.
+
+    A duration of 0 means one epoch. Intervals must not overlap; they may come in any order.
+    """
+    onsets = np.asarray(onsets, float)
+    durations = np.asarray(durations, float)
+    codes = np.asarray(codes, int)
+    notes: list[str] = []
+    if onsets.size == 0:
+        raise InputError("hypnogram holds no sleep stage", source)
+    if not (np.isfinite(onsets).all() and np.isfinite(durations).all()):
+        raise InputError("hypnogram has a missing or non-numeric onset or duration", source)
+    if (onsets < -_TOL).any():
+        raise InputError(f"hypnogram has a negative onset ({onsets.min():g} s)", source)
+    if epoch_length is None:
+        epoch_length = _infer_epoch_length(durations, codes, source)
+    elif epoch_length not in SUPPORTED_EPOCHS:
+        raise InputError(f"epoch length {epoch_length:g} s is not supported (use 30 or 20)", source)
+
+    order = np.argsort(onsets, kind="stable")
+    onsets, durations, codes = onsets[order], durations[order], codes[order]
+    ends = onsets + np.where(durations > 0, durations, epoch_length)
+    overlap = np.nonzero(onsets[1:] < ends[:-1] - _TOL)[0]
+    if overlap.size:
+        i = int(overlap[0])
+        raise InputError(f"overlapping stage annotations: one at {onsets[i]:g} s lasting to {ends[i]:g} s, "
+                         f"the next at {onsets[i + 1]:g} s", source)
+
+    out_onsets: list[np.ndarray] = []
+    out_codes: list[np.ndarray] = []
+    partial = 0
+    prev_end = None
+    for onset, duration, code in zip(onsets, durations, codes):
+        if prev_end is not None and onset - prev_end >= epoch_length - _TOL:
+            n_gap = int(math.floor((onset - prev_end + _TOL) / epoch_length))
+            out_onsets.append(prev_end + epoch_length * np.arange(n_gap))
+            out_codes.append(np.full(n_gap, UNSCORED))
+            notes.append(f"{n_gap} unannotated epoch(s) from {prev_end:g} s kept as unscored")
+        if duration <= 0:
+            n = 1
+        else:
+            n = int(math.floor(duration / epoch_length + _TOL / epoch_length))
+            if abs(n * epoch_length - duration) > _TOL:
+                partial += 1
+        out_onsets.append(onset + epoch_length * np.arange(n))
+        out_codes.append(np.full(n, code))
+        prev_end = onset + n * epoch_length
+    if partial:
+        notes.append(f"{partial} annotation(s) not a whole number of {epoch_length:g}-s epochs: the partial "
+                     "epoch at their end was dropped")
+    return Hypnogram(onsets=np.concatenate(out_onsets), stages=np.concatenate(out_codes).astype(np.int8),
+                     epoch_length=float(epoch_length), source=source, notes=notes)
+
+
+# --------------------------------------------------------------------------- EDF+ annotations
+
+def from_edf(path: str | Path, header: EdfHeader | None = None, epoch_length: float | None = None) -> Hypnogram:
+    """Read the stage annotations of an EDF+ file (annotations-only or with signals)."""
+    path = Path(path)
+    header = header or read_header(path)
+    onsets, durations, texts = read_annotations(path, header)
+    rows = []
+    for onset, duration, text in zip(onsets, durations, texts):
+        try:
+            code = annotation_stage(text)
+        except UnknownStageError:
+            raise InputError(f"unknown sleep stage {text.strip()!r} at {onset:g} s", path) from None
+        if code is not None:
+            rows.append((onset, duration, code))
+    if not rows:
+        found = sorted({t.strip() for t in texts})
+        what = f"its annotations are {', '.join(repr(t) for t in found[:5])}" if found else "it has no annotations"
+        raise InputError(f"no sleep stage annotations ({what})", path)
+    arr = np.array(rows, dtype=float)
+    return from_intervals(arr[:, 0], arr[:, 1], arr[:, 2].astype(int), path, epoch_length)
+
+
+def has_stage_annotations(path: str | Path, header: EdfHeader | None = None) -> bool:
+    """Whether an EDF+ file holds at least one sleep stage annotation."""
+    header = header or read_header(path)
+    if not header.annotation_indices:
+        return False
+    _, _, texts = read_annotations(path, header)
+    for text in texts:
+        try:
+            if annotation_stage(text) is not None:
+                return True
+        except UnknownStageError:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- tables
+
+def _sniff_delimiter(path: Path, sample: str) -> str | None:
+    if path.suffix.lower() == ".tsv" or "\t" in sample:
+        return "\t"
+    if path.suffix.lower() == ".csv" or "," in sample:
+        return ","
+    if ";" in sample:
+        return ";"
+    return None  # whitespace
+
+
+def _parse_stage_cell(value: str, where: str, path: Path) -> int:
+    text = value.strip()
+    try:
+        as_int = int(text)
+    except ValueError:
+        as_int = None
+    try:
+        return stage_code_from_int(as_int) if as_int is not None else stage_code(text)
+    except UnknownStageError:
+        raise InputError(f"unknown sleep stage {text!r} {where}", path) from None
+
+
+def from_table(path: str | Path, epoch_length: float | None = None) -> Hypnogram:
+    """Read a CSV/TSV/TXT hypnogram.
+
+    With a header naming an onset and a stage column (``onset,duration,stage``; BIDS events
+    ``onset,duration,trial_type``; our own ``epoch,onset_s,stage,...``), rows are intervals. Without
+    one, the file is one stage per line for consecutive epochs from time 0. Stage cells are strings
+    (``W``, ``N1``, ``Sleep stage 4``, ``R``, ``?``) or integers in YASA's coding (0 W, 1 N1, 2 N2,
+    3 N3, 4 REM, -1 unscored).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise InputError(f"cannot read hypnogram: {exc.strerror or exc}", path) from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise InputError("hypnogram file is empty", path)
+    if lines[0].strip().lower() == "[hypnogram]":
+        raise InputError("DREAMS-style [Hypnogram] files score 5-s epochs; sleepstage needs 30-s (or 20-s) "
+                         "epochs", path)
+    delim = _sniff_delimiter(path, lines[0])
+    rows = list(csv.reader(lines, delimiter=delim)) if delim else [ln.split() for ln in lines]
+    rows = [[c.strip() for c in r] for r in rows]
+    head = [c.lower() for c in rows[0]]
+
+    def find(names: tuple[str, ...]) -> int | None:
+        for name in names:
+            if name in head:
+                return head.index(name)
+        return None
+
+    i_stage, i_onset, i_dur = find(_STAGE_COLUMNS), find(_ONSET_COLUMNS), find(_DURATION_COLUMNS)
+    if i_stage is not None:
+        body = rows[1:]
+        if not body:
+            raise InputError("hypnogram has a header but no rows", path)
+        codes, onsets, durations = [], [], []
+        for n, row in enumerate(body, start=2):
+            if len(row) != len(head):
+                raise InputError(f"line {n} has {len(row)} fields, the header has {len(head)}", path)
+            codes.append(_parse_stage_cell(row[i_stage], f"on line {n}", path))
+            try:
+                onsets.append(float(row[i_onset]) if i_onset is not None else math.nan)
+                durations.append(float(row[i_dur]) if i_dur is not None else 0.0)
+            except ValueError:
+                raise InputError(f"line {n}: onset/duration is not a number", path) from None
+        if i_onset is None:
+            length = epoch_length or 30.0
+            onsets = list(length * np.arange(len(codes)))
+            durations = [length] * len(codes)
+        return from_intervals(np.array(onsets), np.array(durations), np.array(codes), path,
+                              epoch_length or (None if i_dur is not None else _step(onsets, path)))
+    if any(len(r) != 1 for r in rows):
+        raise InputError("cannot tell the columns of this hypnogram: give it a header such as "
+                         "'onset,duration,stage', or one stage per line", path)
+    codes = [_parse_stage_cell(r[0], f"on line {n}", path) for n, r in enumerate(rows, start=1)]
+    length = epoch_length or 30.0
+    return from_intervals(length * np.arange(len(codes)), np.full(len(codes), length), np.array(codes), path,
+                          length)
+
+
+def _step(onsets: list[float], path: Path) -> float | None:
+    """Epoch length of a table with onsets but no durations: the smallest step between rows."""
+    if len(onsets) < 2:
+        return None
+    steps = np.diff(np.sort(np.asarray(onsets, float)))
+    steps = steps[steps > _TOL]
+    if steps.size == 0:
+        raise InputError("hypnogram rows all have the same onset", path)
+    smallest = float(np.round(steps.min(), 3))
+    if smallest not in SUPPORTED_EPOCHS:
+        raise InputError(f"hypnogram rows are {smallest:g} s apart; sleepstage handles 30-s and 20-s epochs "
+                         "(pass --epoch-length if a duration column is missing)", path)
+    return smallest
+
+
+# --------------------------------------------------------------------------- dispatch and editing
+
+def read_hypnogram(path: str | Path, epoch_length: float | None = None) -> Hypnogram:
+    """Read a hypnogram in any supported format (decided by content: EDF magic, else a text table)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, not a hypnogram file", path)
+    if not path.exists():
+        raise InputError("hypnogram file not found", path)
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic in (b"0       ", b"\xffBIOSEMI") or path.suffix.lower() in (".edf", ".bdf"):
+        return from_edf(path, epoch_length=epoch_length)
+    return from_table(path, epoch_length)
+
+
+def keep_within_signal(hyp: Hypnogram, signal_seconds: float, window_offset: float = 0.0,
+                       window_seconds: float = 30.0) -> tuple[Hypnogram, int, int]:
+    """Keep the epochs whose analysis window [onset + offset, +window) lies inside the signal.
+
+    Returns the kept hypnogram and the number of epochs dropped before the start and after the end.
+    """
+    start = hyp.onsets + window_offset
+    before = start < -_TOL
+    after = start + window_seconds > signal_seconds + _TOL
+    kept = hyp.select(~before & ~after)
+    return kept, int(before.sum()), int((after & ~before).sum())
+
+
+def trim_wake(hyp: Hypnogram, minutes: float = 30.0) -> Hypnogram | None:
+    """Keep ``minutes`` of epochs before the first and after the last sleep epoch (Sleep-EDF practice).
+
+    Returns None when the hypnogram holds no sleep epoch at all.
+    """
+    sleep = np.nonzero((hyp.stages >= 1) & (hyp.stages <= 4))[0]
+    if sleep.size == 0:
+        return None
+    first, last = hyp.onsets[sleep[0]], hyp.onsets[sleep[-1]]
+    margin = minutes * 60.0
+    mask = (hyp.onsets >= first - margin - _TOL) & (hyp.onsets <= last + margin + _TOL)
+    return hyp.select(mask)

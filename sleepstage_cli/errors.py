@@ -31,3 +31,9 @@ class OutputExistsError(SleepstageError):
     def __init__(self, path: str | Path, what: str = "output") -> None:
         super().__init__(f"{what} {path} already exists; pass --force to replace it", None)
         self.path = Path(path)
+
+
+class Interrupted(SleepstageError):
+    """The user stopped the work (Ctrl-C or SIGTERM); what was finished is kept."""
+
+    exit_code = 130

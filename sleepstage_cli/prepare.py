@@ -13,7 +13,7 @@ import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,14 @@ from sleepstage_cli.dataset import (MANIFEST, NIGHTS_DIR, exclusive_lock, new_ma
                                     write_night)
 from sleepstage_cli.errors import InputError, SleepstageError
 from sleepstage_cli.fsutil import read_json
+from sleepstage_cli.interrupts import GracefulStop, ignore_interrupts
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import Hypnogram, keep_within_signal, read_hypnogram, trim_wake
 from sleepstage_cli.io.layout import NightSource, Skip
-from sleepstage_cli.signals import EPOCH_SAMPLES, EPOCH_SECONDS, Conditioning, condition, standardise
+from sleepstage_cli.recording import load_conditioned
+from sleepstage_cli.signals import EPOCH_SECONDS, Conditioning
+from sleepstage_cli.stages import UNSCORED
 
 DEFAULT_MIN_HOURS = {"mass": 5.0}
 DEFAULT_TRIM_MINUTES = {"sleep-edf": 30.0}
@@ -62,19 +65,6 @@ class NightResult:
     @property
     def ok(self) -> bool:
         return self.record is not None
-
-
-def _read_channel(reader: EdfReader, channel, path: Path) -> np.ndarray:
-    x = reader.read(channel.plus)
-    if channel.minus is not None:
-        x -= reader.read(channel.minus)
-    label = f"{channel.kind.upper()} {channel.expression!r}"
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise InputError(f"{label} contains {int(bad.sum())} NaN or infinite samples", path)
-    if x.size == 0 or np.ptp(x) == 0:
-        raise InputError(f"{label} is flat (all samples equal); the electrode was probably disconnected", path)
-    return x
 
 
 def _align(hyp: Hypnogram, hyp_path: Path, psg_path: Path, psg_start) -> Hypnogram:
@@ -148,24 +138,21 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
     if not (kept.stages >= 0).any():
         result.warnings.append(f"{src.hypnogram.name}: every kept epoch is unscored")
 
-    starts = np.round((kept.onsets + window_offset) * opts.conditioning.rate).astype(np.int64)
-    x = np.empty((len(kept), len(channels), EPOCH_SAMPLES), dtype=np.float32)
     with EdfReader(src.psg, header) as reader:
-        for c, channel in enumerate(channels):
-            raw = _read_channel(reader, channel, src.psg)
-            conditioned = condition(raw, channel.sampling_rate, channel.kind, opts.conditioning)
-            del raw
-            try:
-                conditioned = standardise(conditioned, f"{channel.kind.upper()} {channel.expression!r}")
-            except InputError as exc:
-                raise InputError(str(exc), src.psg) from None
-            last = int(starts.max()) + EPOCH_SAMPLES
-            if last > conditioned.shape[0]:  # rounding at the very end of the recording
-                conditioned = np.pad(conditioned, (0, last - conditioned.shape[0]), mode="edge")
-            x[:, c, :] = conditioned[starts[:, None] + np.arange(EPOCH_SAMPLES)]
+        signals = load_conditioned(reader, channels, opts.conditioning)
+    starts = kept.onsets + window_offset
+    x = signals.epochs(starts)
+    missing, flat = signals.marked_fraction(starts)
+    labels = kept.stages.astype(np.int8).copy()
+    marked = ((missing > 0) | (flat > 0)).any(axis=1) & (labels >= 0)
+    if marked.any():
+        labels[marked] = UNSCORED  # kept in place, never trained on
+        result.warnings.append(f"{int(marked.sum())} scored epoch(s) overlap flat or missing signal and are "
+                               "masked")
+    kept = replace(kept, stages=labels)
 
     rel = f"{NIGHTS_DIR}/{src.night_id}.npy"
-    write_night(out_root / rel, x, kept.onsets.astype(np.float64), kept.stages.astype(np.int8))
+    write_night(out_root / rel, x, kept.onsets.astype(np.float64), kept.stages)
     stat = src.psg.stat()
     result.record = {
         "id": src.night_id,
@@ -201,6 +188,8 @@ class PrepareSummary:
     skipped: list[dict]
     manifest: dict
     internal_errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    remaining: int = 0  # nights not attempted because the run was interrupted
 
 
 def _source_unchanged(entry: dict, src: NightSource) -> bool:
@@ -288,7 +277,10 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
         summary = PrepareSummary(root=root, layout=opts.layout, prepared=[], kept=kept,
                                  skipped=list(manifest["skipped"]), manifest=manifest)
 
+        attempted = set()
+
         def record(res: NightResult) -> None:
+            attempted.add(res.night_id)
             if res.ok:
                 manifest["nights"].append(res.record)
                 summary.prepared.append(res.record)
@@ -302,20 +294,25 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
             if on_result:
                 on_result(res)
 
-        if jobs <= 1 or len(todo) <= 1:
-            for src in todo:
-                record(prepare_night(src, opts, root))
-        else:
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
-                futures = [pool.submit(_worker, (src, opts, root)) for src in todo]
-                try:
+        with GracefulStop("prepare") as stop:
+            if jobs <= 1 or len(todo) <= 1:
+                for src in todo:
+                    if stop.requested:
+                        break
+                    record(prepare_night(src, opts, root))
+            else:
+                ctx = mp.get_context("spawn")
+                with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
+                                            initializer=ignore_interrupts) as pool:
+                    futures = [pool.submit(_worker, (src, opts, root)) for src in todo]
                     for fut in cf.as_completed(futures):
-                        record(fut.result())
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+                        if stop.requested:  # nights in progress finish (their files are atomic); no new ones
+                            for other in futures:
+                                other.cancel()
+                        if not fut.cancelled():
+                            record(fut.result())
+        summary.interrupted = stop.requested
+        summary.remaining = len(todo) - len(attempted)
         summary.manifest = manifest
         _remove_stray_temp_files(root / NIGHTS_DIR)
         return summary

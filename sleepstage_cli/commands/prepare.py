@@ -10,7 +10,7 @@ from rich.table import Table
 
 from sleepstage_cli import console as con
 from sleepstage_cli.app import STATE, app, command
-from sleepstage_cli.errors import InputError, SleepstageError
+from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.stages import STAGES
 
 _EXAMPLE = """Examples:
@@ -112,8 +112,10 @@ def prepare(
     if jobs is not None and jobs < 1:
         raise InputError("--jobs must be at least 1")
     n_jobs = jobs or default_jobs()
+    described = (f"{', '.join(spec.kinds)} ({layout_name} preset)" if preset and not overrides
+                 else spec.describe())
     con.info(f"{layout_name} layout: {len(nights)} night(s) found, {len(skips)} file(s) left out; "
-             f"channels {spec.describe()}")
+             f"channels {described}")
 
     bar = con.progress()
     task = bar.add_task("preparing nights", total=None)
@@ -144,6 +146,9 @@ def prepare(
     n_nights = len(summary.manifest["nights"])
     if n_nights or len(summary.skipped) > 1:
         _print_summary(summary)
+    if summary.interrupted and summary.remaining:
+        raise Interrupted(f"interrupted with {summary.remaining} night(s) still to prepare; run the same command "
+                          "again to continue (prepared nights are kept)", output)
     if n_nights == 0:
         reasons = [s["reason"] for s in summary.skipped]
         raise SleepstageError(reasons[0] if len(reasons) == 1 else

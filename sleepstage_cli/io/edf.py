@@ -64,6 +64,9 @@ class EdfHeader:
     record_duration: float
     signals: tuple[SignalInfo, ...]
     annotation_indices: tuple[int, ...] = field(default=())
+    record_samples: tuple[int, ...] = field(default=())  # samples per record of every signal, in file order
+    header_bytes: int = 256
+    sample_bytes: int = 2
 
     @property
     def duration(self) -> float:
@@ -215,7 +218,37 @@ def read_header(path: str | Path) -> EdfHeader:
     start = _start_time(_field(fixed[168:176], "", path), _field(fixed[176:184], "", path))
     return EdfHeader(path=path, kind=kind, variant=variant, start=start, n_records=int(n_records),
                      record_duration=float(record_duration), signals=tuple(signals),
-                     annotation_indices=annotation_indices)
+                     annotation_indices=annotation_indices, record_samples=tuple(int(n) for n in samples),
+                     header_bytes=int(header_bytes), sample_bytes=sample_bytes)
+
+
+def record_onsets(header: EdfHeader) -> np.ndarray:
+    """Start time (s from the file's start) of every data record.
+
+    Regular for EDF and EDF+C; for EDF+D, read from the time-keeping annotation that opens each
+    record (the first TAL of the first annotation signal, ``+onset\\x14\\x14``).
+    """
+    regular = np.arange(header.n_records) * header.record_duration
+    if not header.is_discontinuous or not header.annotation_indices or header.n_records == 0:
+        return regular
+    ann = header.annotation_indices[0]
+    sb = header.sample_bytes
+    record_bytes = sum(header.record_samples) * sb
+    start = sum(header.record_samples[:ann]) * sb
+    length = header.record_samples[ann] * sb
+    data = np.memmap(header.path, dtype=np.uint8, mode="r", offset=header.header_bytes,
+                     shape=(header.n_records, record_bytes))
+    onsets = np.empty(header.n_records)
+    for r in range(header.n_records):
+        tal = bytes(data[r, start:start + length])
+        try:
+            onsets[r] = float(tal.split(b"\x14", 1)[0].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(f"EDF+D data record {r + 1} has no readable time-keeping annotation",
+                             header.path) from None
+    if np.any(np.diff(onsets) < header.record_duration - 1e-6):
+        raise InputError("EDF+D data records overlap or are out of order", header.path)
+    return onsets
 
 
 class EdfReader:

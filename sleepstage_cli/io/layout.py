@@ -137,6 +137,43 @@ def _stem_key(path: Path) -> str:
     return _HYP_SUFFIX.sub("", path.stem).lower()
 
 
+_MASS_CODE = re.compile(r"^(\d\d-\d\d-\d{4})(?!\d)")
+_SEDF_CODE = re.compile(r"^(S[CT]\d{4})(?:[A-Z0-9]{2})?(?=$|[ ._-])", re.IGNORECASE)
+_FILE_EXT = re.compile(r"\.(edf|bdf|rec|csv|tsv|txt)$", re.IGNORECASE)
+
+
+def pairing_key(name: str, fold_case: bool = True) -> str:
+    """Key under which predictions, references and prepared-dataset night ids of the same night meet.
+
+    More lenient than :func:`night_key` (any extension, ``SC4001E0-PSG.csv``, dataset ids).
+
+    MASS names give their code (``01-03-0001 PSG.edf`` -> ``01-03-0001``); Sleep-EDF names their
+    first 6 characters (``SC4001E0-PSG.edf``, ``SC4001EC-Hypnogram.edf`` -> ``SC4001``). Other names
+    lose their file extensions and hypnogram/PSG suffixes (``night1.hypnogram.csv``,
+    ``night1-PSG.edf``, ``night1 Base.edf``, ``night1_sleepscoring.edf`` -> ``night1``), runs of
+    characters other than letters, digits, ``.``, ``-``, ``_`` become ``_`` (as in a prepared
+    night's id), and the case is folded unless ``fold_case`` is false.
+    """
+    name = name.strip()
+    m = _MASS_CODE.match(name)
+    if m:
+        return m.group(1)
+    m = _SEDF_CODE.match(name)
+    if m:
+        return m.group(1).upper()
+    stem, prev = name, None
+    while stem != prev:  # "night1-PSG.edf.csv": extensions and suffixes interleave
+        prev = stem
+        stem = _HYP_SUFFIX.sub("", _FILE_EXT.sub("", stem))
+    key = re.sub(r"[^\w.-]+", "_", stem).strip("_") or re.sub(r"[^\w.-]+", "_", _FILE_EXT.sub("", name))
+    return key.lower() if fold_case else key
+
+
+def night_key(path: str | Path) -> str:
+    """The night id of a recording or hypnogram file: :func:`pairing_key` of its name, case kept."""
+    return pairing_key(Path(path).name, fold_case=False)
+
+
 def subject_of(stem: str, pattern: str) -> str:
     """Subject id of a night's file stem: the first group of ``pattern``, else the whole match."""
     try:
@@ -178,7 +215,7 @@ def _pair_generic(files: list[Path], subject_pattern: str) -> tuple[list[NightSo
             continue
         hyp = found[0] if found else (p if has_stage_annotations(p, header) else None)
         # A night without hypnogram is still handed on, so that its channels are checked first.
-        night_id = re.sub(r"[^\w.-]+", "_", p.stem).strip("_") or "night"
+        night_id = night_key(p)
         nights.append(NightSource(
             night_id=night_id, subject=subject_of(p.stem, subject_pattern), psg=p, hypnogram=hyp,
             missing_hypnogram="no hypnogram: no sleep stage annotations inside it and no hypnogram file beside it "

@@ -1,0 +1,50 @@
+"""Ctrl-C and SIGTERM that stop long work at a safe point instead of wherever they land.
+
+A signal raised asynchronously can surface inside a C extension as some unrelated error, halfway
+through writing a checkpoint. Inside :class:`GracefulStop` the first SIGINT/SIGTERM only sets
+``requested``; the work checks it at safe points (after a training step, between nights), saves its
+state and stops. A second signal raises KeyboardInterrupt at once, for a user who will not wait.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from sleepstage_cli import console as con
+
+
+class GracefulStop:
+    """Context manager: ``with GracefulStop("training") as stop: ... if stop.requested: ...``."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        con.warn(f"stopping {self.what} at the next safe point (press Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+def ignore_interrupts() -> None:
+    """For worker processes: the parent decides when to stop, a Ctrl-C must not kill them mid-write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

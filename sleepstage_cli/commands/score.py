@@ -1,0 +1,266 @@
+"""``sleepstage score``: EDF nights in, hypnograms (CSV and more) and staging reports out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from sleepstage_cli import console as con
+from sleepstage_cli.app import STATE, app, command
+from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
+
+_EXAMPLE = """Examples:
+
+  sleepstage score night.edf -o hypno.csv --model model.pt
+
+  sleepstage score nights/ -o scored/ --model model.pt --format csv,tsv,edf --attention
+
+  sleepstage score "01-03-0001 PSG.edf" -o 0001.csv --model model.pt --epochs-from "01-03-0001 Base.edf"
+
+  sleepstage score lab.edf -o lab.csv --model model.pt --eeg "C4-M1" --eog "E2-M1 - E1-M2"
+"""
+
+FORMATS = ("csv", "tsv", "edf")
+
+
+@dataclass
+class Targets:
+    """The files written for one night."""
+
+    csv: Path
+    tsv: Path | None
+    edf: Path | None
+    report: Path | None
+    attention: Path | None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.csv, self.tsv, self.edf, self.report, self.attention) if p is not None]
+
+
+def _targets(base: Path, formats: set[str], report: bool, attention: bool) -> Targets:
+    def with_suffix(suffix: str) -> Path:
+        return base.with_name(base.name + suffix)
+
+    return Targets(csv=with_suffix(".csv"), tsv=with_suffix(".events.tsv") if "tsv" in formats else None,
+                   edf=with_suffix(".annotations.edf") if "edf" in formats else None,
+                   report=with_suffix(".report.html") if report else None,
+                   attention=with_suffix(".attention.csv") if attention else None)
+
+
+def _inputs(paths: list[Path]) -> list[Path]:
+    from sleepstage_cli.io.edf import read_header
+
+    files: list[Path] = []
+    for p in paths:
+        if not p.exists():
+            raise InputError("not found", p)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in (".edf", ".bdf") and q.is_file())
+            # Hypnogram files (annotations only) in the folder are not nights to score.
+            found = [q for q in found if _has_signals(q, read_header)]
+            if not found:
+                raise InputError("holds no EDF recording to score", p)
+            files.extend(found)
+        else:
+            files.append(p)
+    return list(dict.fromkeys(files))
+
+
+def _has_signals(path: Path, read_header) -> bool:
+    try:
+        return bool(read_header(path).signals)
+    except InputError:
+        return True  # let scoring report what is wrong with it
+
+
+def _default_model() -> Path:
+    from sleepstage_cli.zoo import default_model
+
+    found = default_model()
+    if found is None:
+        raise SleepstageError("no --model given and no model is shipped with this sleepstage: train one with "
+                              "'sleepstage train DATASET -o model.pt' (see the README) and pass --model model.pt")
+    return found
+
+
+@app.command(epilog=_EXAMPLE)
+@command
+def score(
+    nights: Annotated[list[Path], typer.Argument(help="EDF files, or folders of them, to score.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Hypnogram CSV (one night) or a folder.")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: the model shipped "
+                                                  "with sleepstage, if any).", show_default=False)] = None,
+    eeg: Annotated[Optional[str], typer.Option(help="EEG label or derivation in these files, if the model's own "
+                                               "names do not match.", show_default=False)] = None,
+    eog: Annotated[Optional[str], typer.Option(help="EOG label or derivation.", show_default=False)] = None,
+    emg: Annotated[Optional[str], typer.Option(help="EMG label or derivation.", show_default=False)] = None,
+    formats: Annotated[str, typer.Option("--format", help="Hypnogram formats: csv, tsv (BIDS-style events), edf "
+                                         "(EDF+ annotations), comma-separated.")] = "csv",
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write a self-contained HTML staging "
+                                         "report per night.")] = True,
+    attention: Annotated[bool, typer.Option("--attention", help="Save each epoch's attention weights (which "
+                                            "seconds mattered).")] = False,
+    epochs_from: Annotated[Optional[Path], typer.Option(help="Score the epochs of this hypnogram (its onsets and "
+                                                        "epoch length) instead of 30-s epochs from the start.",
+                                                        show_default=False)] = None,
+    low_confidence: Annotated[float, typer.Option(help="Epochs whose stage probability is below this are "
+                                                  "flagged for review.")] = 0.6,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Epochs encoded per batch.")] = 256,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing outputs.")] = False,
+) -> None:
+    """Score EDF nights: a hypnogram per night (stages, probabilities, confidence) and a staging report.
+
+    Uses the channels, filters and normalisation the model was trained with and SeqSleepNet's test-time
+    aggregation over all overlapping sequences. Flat or missing stretches are marked, never silently scored.
+    """
+    from sleepstage_cli.fsutil import check_writable_output
+    from sleepstage_cli.io.layout import night_key
+    from sleepstage_cli.modelfile import load_model
+    from sleepstage_cli.train import resolve_device
+
+    fmt = {f.strip().lower() for f in formats.split(",") if f.strip()}
+    if not fmt or fmt - set(FORMATS):
+        raise InputError(f"--format takes {', '.join(FORMATS)} (comma-separated), not {formats!r}")
+    fmt.add("csv")
+    if not 0 <= low_confidence <= 1:
+        raise InputError("--low-confidence must be between 0 and 1")
+    overrides = {k: tuple(v.strip() for v in val.split("|") if v.strip())
+                 for k, val in (("eeg", eeg), ("eog", eog), ("emg", emg)) if val}
+    files = _inputs(nights)
+    if epochs_from is not None and len(files) > 1:
+        raise InputError("--epochs-from gives the epochs of one night; score one file at a time with it")
+    single = len(files) == 1 and output.suffix.lower() == ".csv"
+    if single:
+        plan = {files[0]: _targets(output.with_suffix(""), fmt, report, attention)}
+        summary_path = None
+    else:
+        if output.exists() and not output.is_dir():
+            raise SleepstageError("output exists and is not a folder (give a folder to score several nights)",
+                                  output)
+        keys = [night_key(f) for f in files]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise InputError(f"several input files are night {dup[0]!r}; score them into separate folders")
+        plan = {f: _targets(output / k, fmt, report, attention) for f, k in zip(files, keys)}
+        summary_path = output / "summary.csv"
+    for targets in plan.values():
+        for path in targets.all():
+            check_writable_output(path, force)
+    if summary_path is not None:
+        check_writable_output(summary_path, force)
+
+    model_path = model or _default_model()
+    dev = resolve_device(device)
+    loaded = load_model(model_path, dev)
+    con.info(f"model {model_path}: {loaded.meta['architecture']['net']}, channels {', '.join(loaded.kinds)}; "
+             f"device {dev}")
+    if summary_path is not None:
+        output.mkdir(parents=True, exist_ok=True)
+
+    from sleepstage_cli.interrupts import GracefulStop
+
+    rows, failures = [], []
+    with con.progress() as bar, GracefulStop("scoring") as stop:
+        task = bar.add_task("scoring nights", total=len(plan))
+        for path, targets in plan.items():
+            if stop.requested:
+                break
+            try:
+                rows.append(_score_one(path, targets, loaded, overrides, dev, epochs_from, attention,
+                                       low_confidence, batch_size))
+            except SleepstageError as exc:
+                if STATE.debug:
+                    raise
+                failures.append(str(exc))
+                con.warn(f"not scored: {exc}")
+            bar.advance(task)
+    if rows:
+        _print_summary(rows)
+        if summary_path is not None:
+            import pandas as pd
+
+            from sleepstage_cli.fsutil import atomic_write_text
+
+            atomic_write_text(summary_path, pd.DataFrame(rows).to_csv(index=False))
+            con.info(f"summary: {summary_path}")
+    if stop.requested:
+        raise Interrupted(f"interrupted after {len(rows)} of {len(plan)} nights; the finished ones are written")
+    if failures:
+        if len(plan) == 1:
+            raise SleepstageError(failures[0])
+        raise SleepstageError(f"{len(failures)} of {len(plan)} nights could not be scored; first: {failures[0]}")
+
+
+def _score_one(path: Path, targets: Targets, loaded, overrides, device, epochs_from, attention, low_conf,
+               batch_size) -> dict:
+    import numpy as np
+
+    from sleepstage_cli.io import export
+    from sleepstage_cli.io.layout import night_key
+    from sleepstage_cli.report import night_report_html, write_report
+    from sleepstage_cli.scoring import provenance, score_recording, stage_names
+    from sleepstage_cli.sleepstats import sleep_statistics
+
+    night = score_recording(path, loaded, night_key(path), overrides, device, epochs_from, attention,
+                            batch_size=batch_size)
+    names = stage_names(night.stages)
+    table = export.hypnogram_table(night.onsets, names, night.probabilities, night.confidence, night.flags)
+    export.write_csv(targets.csv, table)
+    if targets.tsv:
+        export.write_events_tsv(targets.tsv, night.onsets, night.epoch_length, names, night.confidence)
+    if targets.edf:
+        export.write_edf_annotations(targets.edf, night.onsets, night.epoch_length, names, night.start)
+    if targets.attention:
+        if night.attention is None:
+            con.warn(f"{path}: this model has no attention weights; {targets.attention.name} not written")
+        else:
+            export.write_attention(targets.attention, night.onsets, night.attention)
+    stats = sleep_statistics(night.stages, night.epoch_length)
+    low = np.nan_to_num(night.confidence, nan=1.0) < low_conf
+    if targets.report:
+        model_info = provenance(loaded)
+        model_info["scored_at"] = model_info.pop("scored at")
+        html = night_report_html({
+            "night_id": night.night_id, "source": str(path), "onsets": night.onsets, "stages": night.stages,
+            "probabilities": night.probabilities, "confidence": night.confidence,
+            "flags": [[p for p in f.split("; ") if p] for f in night.flags], "low_confidence_threshold": low_conf,
+            "model": model_info, "statistics": stats, "notes": night.notes,
+            "start": night.start, "epoch_length": night.epoch_length})
+        write_report(targets.report, html)
+    for note in night.notes:
+        con.warn(f"{night.night_id}: {note}")
+    counts = {s: int((night.stages == i).sum()) for i, s in enumerate(("W", "N1", "N2", "N3", "REM"))}
+    return {"night": night.night_id, "source": str(path), "epochs": night.n_epochs,
+            **{f"epochs_{k}": v for k, v in counts.items()},
+            "unscored": int((night.stages < 0).sum()), "TST_min": stats.get("TST"), "SE_pct": stats.get("SE"),
+            "SOL_min": stats.get("SOL"), "WASO_min": stats.get("WASO"), "REM_latency_min": stats.get("Lat_REM"),
+            "low_confidence_epochs": int(low.sum()), "flagged_epochs": sum(1 for f in night.flags if f),
+            "mean_confidence": float(np.nanmean(night.confidence)) if np.isfinite(night.confidence).any() else None,
+            "hypnogram": str(targets.csv), "report": str(targets.report) if targets.report else ""}
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or value != value:
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _print_summary(rows: list[dict]) -> None:
+    table = Table(title="Scored nights", title_justify="left")
+    for col in ("night", "epochs", "TST (h)", "SE (%)", "SOL (min)", "WASO (min)", "W/N1/N2/N3/REM (%)",
+                "low conf.", "flagged"):
+        table.add_column(col, justify="left" if col == "night" else "right")
+    for r in rows:
+        scored = sum(r[f"epochs_{s}"] for s in ("W", "N1", "N2", "N3", "REM")) or 1
+        pct = "/".join(f"{100 * r[f'epochs_{s}'] / scored:.0f}" for s in ("W", "N1", "N2", "N3", "REM"))
+        tst = r["TST_min"] / 60 if r["TST_min"] is not None else None
+        table.add_row(r["night"], str(r["epochs"]), _fmt(tst, 2), _fmt(r["SE_pct"]), _fmt(r["SOL_min"]),
+                      _fmt(r["WASO_min"]), pct, str(r["low_confidence_epochs"]), str(r["flagged_epochs"]))
+    con.out.print(table)
+    for r in rows:
+        con.info(f"{r['night']}: {r['hypnogram']}" + (f", {r['report']}" if r["report"] else ""))

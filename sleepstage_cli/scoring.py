@@ -1,0 +1,163 @@
+"""`sleepstage score`'s core: one EDF night in, a scored night (stages, probabilities, flags) out.
+
+The night goes through the very code that prepared the training data (recording.py) with the
+model's own channel spec and conditioning, then through test-time aggregation (inference.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sleepstage_cli import __version__
+from sleepstage_cli.errors import InputError
+from sleepstage_cli.inference import score_night
+from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
+from sleepstage_cli.io.edf import EdfReader, read_header
+from sleepstage_cli.io.hypnogram import keep_within_signal, read_hypnogram
+from sleepstage_cli.modelfile import LoadedModel
+from sleepstage_cli.recording import load_conditioned
+from sleepstage_cli.signals import EPOCH_SECONDS
+from sleepstage_cli.stages import STAGES, UNSCORED
+
+UNSCORABLE = 0.5
+"""An epoch is left unscored when, on every channel, more than this fraction of it is flat or missing."""
+
+
+@dataclass
+class ScoredNight:
+    """Everything `score` writes about one night."""
+
+    night_id: str
+    source: Path
+    start: dt.datetime | None
+    onsets: np.ndarray  # (N,) s from the recording's start
+    epoch_length: float
+    stages: np.ndarray  # (N,) 0-4, UNSCORED where the signal could not be scored
+    probabilities: np.ndarray  # (N, 5)
+    confidence: np.ndarray  # (N,) probability of the chosen stage
+    flags: list[str]  # per epoch, "" when nothing to say
+    attention: np.ndarray | None  # (N, 29)
+    channels: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.stages.size)
+
+
+def spec_with_overrides(spec: ChannelSpec, overrides: dict[str, tuple[str, ...]]) -> ChannelSpec:
+    """The model's channel spec with some kinds renamed for this recording (``--eeg`` etc.)."""
+    extra = sorted(set(overrides) - set(spec.kinds))
+    if extra:
+        raise InputError(f"the model uses {', '.join(spec.kinds)} channels; it has no {', '.join(extra)} input "
+                         "(leave that option out)")
+    candidates = {k: overrides.get(k) or spec.candidates[k] for k in spec.kinds}
+    return ChannelSpec(kinds=spec.kinds, candidates=candidates, preset=spec.preset)
+
+
+def _describe_flags(kinds: tuple[str, ...], missing: np.ndarray, flat: np.ndarray) -> list[str]:
+    out = []
+    for m_row, f_row in zip(missing, flat):
+        parts = []
+        gap = [k.upper() for k, v in zip(kinds, m_row) if v > 0]
+        flt = [k.upper() for k, v in zip(kinds, f_row) if v > 0]
+        if gap:
+            parts.append(f"missing signal ({'+'.join(gap)})")
+        if flt:
+            parts.append(f"flat signal ({'+'.join(flt)})")
+        out.append("; ".join(parts))
+    return out
+
+
+def score_recording(path: str | Path, loaded: LoadedModel, night_id: str,
+                    overrides: dict[str, tuple[str, ...]] | None = None, device: torch.device | str = "cpu",
+                    epochs_from: str | Path | None = None, attention: bool = False, amp: bool = True,
+                    batch_size: int = 256) -> ScoredNight:
+    """Score one recording with a loaded model.
+
+    Epochs are consecutive 30-s windows from the start of the recording, or the scored epochs of
+    ``epochs_from`` (a hypnogram: its onsets, with 20-s epochs widened to 30 s as in training).
+    """
+    path = Path(path)
+    header = read_header(path)
+    if not header.signals:
+        raise InputError("holds no signals (an annotations-only file, e.g. a hypnogram)", path)
+    spec = spec_with_overrides(loaded.channel_spec, overrides or {})
+    channels = resolve_channels(header, spec)
+    notes: list[str] = []
+    with EdfReader(path, header) as reader:
+        signals = load_conditioned(reader, channels, loaded.conditioning)
+    if epochs_from is not None:
+        hyp = read_hypnogram(epochs_from)
+        offset = -(EPOCH_SECONDS - hyp.epoch_length) / 2.0
+        hyp, before, after = keep_within_signal(hyp, signals.duration, offset, EPOCH_SECONDS)
+        if len(hyp) == 0:
+            raise InputError(f"no epoch of {Path(epochs_from).name} lies within the recording", path)
+        if before or after:
+            notes.append(f"{before + after} epoch(s) of {Path(epochs_from).name} fall outside the recording "
+                         "and are not scored")
+        onsets, epoch_length, starts = hyp.onsets, hyp.epoch_length, hyp.onsets + offset
+    else:
+        n = int(signals.duration // EPOCH_SECONDS)
+        if n == 0:
+            raise InputError(f"the recording lasts {signals.duration:g} s, less than one 30-s epoch", path)
+        onsets = EPOCH_SECONDS * np.arange(n)
+        epoch_length, starts = EPOCH_SECONDS, onsets
+        leftover = signals.duration - n * EPOCH_SECONDS
+        if leftover >= 1:
+            notes.append(f"the last {leftover:.0f} s of the recording (less than an epoch) are not scored")
+    x = signals.epochs(starts)
+    missing, flat = signals.marked_fraction(starts)
+    result = score_night(loaded.model, x, device, batch_size=batch_size, attention=attention, amp=amp)
+    stages = result.stages.astype(np.int64)
+    unscorable = ((missing + flat) > UNSCORABLE).all(axis=1)
+    stages[unscorable] = UNSCORED
+    flags = _describe_flags(spec.kinds, missing, flat)
+    if result.padded:
+        notes.append(f"the night has {len(onsets)} epochs, fewer than one {loaded.model.seq_len}-epoch sequence: "
+                     "it was scored with a padded sequence and is less reliable")
+        flags = [("; ".join(filter(None, [f, "short night"]))) for f in flags]
+    n_flagged = sum(1 for f in flags if f)
+    if n_flagged:
+        notes.append(f"{n_flagged} epoch(s) marked for flat or missing signal"
+                     + (f", {int(unscorable.sum())} of them not scored" if unscorable.any() else ""))
+    if header.is_discontinuous:
+        notes.append("the recording is discontinuous (EDF+D): gaps are marked as missing signal")
+    confidence = result.probabilities[np.arange(stages.size), result.stages]
+    confidence = np.where(stages == UNSCORED, np.nan, confidence)
+    return ScoredNight(night_id=night_id, source=path, start=header.start, onsets=np.asarray(onsets, float),
+                       epoch_length=float(epoch_length), stages=stages, probabilities=result.probabilities,
+                       confidence=confidence, flags=flags, attention=result.attention,
+                       channels={c.kind: c.expression for c in channels}, notes=notes)
+
+
+def provenance(loaded: LoadedModel) -> dict:
+    """What the report says about the model that scored the night."""
+    meta = loaded.meta
+    training = meta.get("training") or {}
+    validation = meta.get("validation") or {}
+    arch = meta.get("architecture", {})
+    return {
+        "model file": str(loaded.path) if loaded.path else "",
+        "network": arch.get("net"),
+        "sequence length": arch.get("seq_len"),
+        "channels": ", ".join(loaded.kinds),
+        "model written by": f"sleepstage {meta.get('sleepstage_version', '?')} on {meta.get('created', '?')}",
+        "trained on": f"{len(training.get('train_subjects', []))} subjects, {len(training.get('train_nights', []))} "
+                      f"nights of {training.get('dataset', '?')}",
+        "validation accuracy": validation.get("accuracy"),
+        "validation macro-F1": validation.get("macro_f1"),
+        "validation kappa": validation.get("kappa"),
+        "scored with": f"sleepstage {__version__}",
+        "scored at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def stage_names(stages: np.ndarray) -> list[str]:
+    """W/N1/N2/N3/REM, or ``?`` for an epoch left unscored."""
+    return [STAGES[s] if s >= 0 else "?" for s in stages]

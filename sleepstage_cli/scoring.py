@@ -88,7 +88,13 @@ def score_recording(path: str | Path, loaded: LoadedModel, night_id: str,
     if not header.signals:
         raise InputError("holds no signals (an annotations-only file, e.g. a hypnogram)", path)
     spec = spec_with_overrides(loaded.channel_spec, overrides or {})
-    channels = resolve_channels(header, spec)
+    try:
+        channels = resolve_channels(header, spec)
+    except InputError as exc:
+        if "not found" not in str(exc):
+            raise
+        raise InputError(f"{exc} (the model was trained on {', '.join(k.upper() for k in spec.kinds)}: name this "
+                         f"file's channels with {' '.join('--' + k for k in spec.kinds)})") from None
     notes: list[str] = []
     with EdfReader(path, header) as reader:
         signals = load_conditioned(reader, channels, loaded.conditioning)

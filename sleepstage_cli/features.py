@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-EPOCH_SAMPLES = 3000
-"""Samples per 30-s epoch at 100 Hz."""
+from .constants import EPOCH_SAMPLES
 WIN_LENGTH = 200
 HOP_LENGTH = 100
 N_FFT = 256

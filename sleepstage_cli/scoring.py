@@ -21,7 +21,7 @@ from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import keep_within_signal, read_hypnogram
 from sleepstage_cli.modelfile import LoadedModel
 from sleepstage_cli.recording import load_conditioned
-from sleepstage_cli.signals import EPOCH_SECONDS
+from sleepstage_cli.constants import EPOCH_SECONDS
 from sleepstage_cli.stages import STAGES, UNSCORED
 
 UNSCORABLE = 0.5

@@ -17,11 +17,9 @@ from fractions import Fraction
 import numpy as np
 from scipy import signal as sps
 
+from sleepstage_cli.constants import EPOCH_SAMPLES, EPOCH_SECONDS  # noqa: F401  (re-exported)
+from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
 from sleepstage_cli.errors import InputError
-
-TARGET_RATE = 100.0
-EPOCH_SECONDS = 30.0
-EPOCH_SAMPLES = int(EPOCH_SECONDS * TARGET_RATE)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,17 @@ def test_baselines_train_a_few_steps(trained, tmp_path: Path, net: str, kwargs: 
     assert loaded.meta["validation"]["n"] > 0
 
 
+def test_same_seed_same_weights(trained, tmp_path: Path) -> None:
+    opts = TrainOptions(seq_len=5, batch_size=8, max_steps=3, eval_every=3, seed=4)
+    a = train_model(trained["data"], tmp_path / "a.pt", opts, val_subjects=["01-03-0005"]).last_state
+    b = train_model(trained["data"], tmp_path / "b.pt", opts, val_subjects=["01-03-0005"]).last_state
+    c = train_model(trained["data"], tmp_path / "c.pt", TrainOptions(seq_len=5, batch_size=8, max_steps=3,
+                                                                      eval_every=3, seed=5),
+                    val_subjects=["01-03-0005"]).last_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_channel_subset_model(trained, tmp_path: Path) -> None:
     opts = TrainOptions(channels=("eeg",), seq_len=5, epochs=1, max_steps=2, eval_every=2)
     train_model(trained["data"], tmp_path / "eeg.pt", opts, val_fraction=0)

@@ -71,7 +71,7 @@ class ProgressCallbacks:
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=con.err)
-        self.status = Text("")
+        self.status = Text("", overflow="fold")
         self.live = Live(Group(self.progress, self.status), console=con.err, refresh_per_second=4)
         self.task = None
         self.label = label
@@ -102,6 +102,8 @@ class ProgressCallbacks:
     def stop(self) -> None:
         if self.live.is_started:
             self.live.stop()
+            if not con.err.is_terminal:
+                con.err.line()  # the last status line ends without one when not drawn on a terminal
 
 
 @app.command(epilog=_EXAMPLE)

@@ -7,17 +7,17 @@ time derived from the seed, never the wall clock, so the same seed gives the sam
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyedflib
+
+from sleepstage_cli.fsutil import atomic_path
 
 DIGITAL_MIN, DIGITAL_MAX = -32768, 32767
 _RECORDS_PER_BLOCK = 600
@@ -55,21 +55,6 @@ def digitise(x: np.ndarray, pmin: float, pmax: float, inplace: bool = False) -> 
     return y.astype(np.int16)
 
 
-@contextlib.contextmanager
-def _temporary_beside(path: Path) -> Iterator[Path]:
-    """A fresh temporary path in ``path``'s folder, renamed to ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would stick to the final file; the writer creates it per umask.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _header(writer: pyedflib.EdfWriter, start: dt.datetime, patient: str, recording: str) -> None:
     writer.setStartdatetime(start)
     writer.setPatientCode(patient)
@@ -85,7 +70,7 @@ def write_signals(path: Path, signals: Sequence[SignalOut], start: dt.datetime, 
         raise ValueError("signals must all hold the same whole number of seconds")
     n_rec = n_records.pop()
     file_type = pyedflib.FILETYPE_EDFPLUS if edf_plus else pyedflib.FILETYPE_EDF
-    with _temporary_beside(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyedflib nags about header fields we set on purpose
         writer = pyedflib.EdfWriter(os.fspath(tmp), len(signals), file_type=file_type)
         try:
@@ -110,7 +95,7 @@ def write_signals(path: Path, signals: Sequence[SignalOut], start: dt.datetime, 
 def write_annotations(path: Path, annotations: Sequence[tuple[float, float, str]], start: dt.datetime,
                       patient: str, recording: str) -> None:
     """Write an EDF+ file holding only annotations (onset s, duration s, text), like MASS ``Base.edf``."""
-    with _temporary_beside(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writer = pyedflib.EdfWriter(os.fspath(tmp), 0, file_type=pyedflib.FILETYPE_EDFPLUS)
         try:

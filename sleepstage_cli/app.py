@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from typing import Annotated, Optional
@@ -47,6 +48,10 @@ def _main(
     STATE.debug = debug or os.environ.get("SLEEPSTAGE_DEBUG", "") not in ("", "0")
 
 
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                                 errno.EDQUOT, errno.EIO, errno.ENAMETOOLONG})
+
+
 def command(fn):
     """Turn our errors into one red line and an exit code; tracebacks only with --debug."""
 
@@ -69,6 +74,10 @@ def command(fn):
         except Exception as exc:  # a bug: say so in one line, the traceback is one flag away
             if STATE.debug:
                 raise
+            if isinstance(exc, OSError) and exc.filename is not None and exc.errno in _ENVIRONMENT_ERRNOS:
+                # ... unless it is the user's environment (a path through a file, no permission, a full disk)
+                con.error(f"{exc.filename}: {exc.strerror}")
+                raise typer.Exit(1) from None
             con.error(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
             raise typer.Exit(3) from None
 

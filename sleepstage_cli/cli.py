@@ -6,7 +6,7 @@ import sys
 
 from sleepstage_cli import console as con
 from sleepstage_cli.app import app
-from sleepstage_cli.commands import evaluate, pending, prepare, score, simulate, train  # noqa: F401  (each registers its commands)
+from sleepstage_cli.commands import crossval, evaluate, prepare, score, simulate, train  # noqa: F401  (each registers its commands)
 
 
 def main() -> None:

@@ -93,14 +93,18 @@ class PreparedDataset:
             raise InputError(f"not a prepared dataset (no {MANIFEST}); make one with 'sleepstage prepare'",
                              self.root)
         self.manifest = read_json(manifest_path, "dataset manifest")
-        if self.manifest.get("format") != FORMAT:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise InputError(f"{MANIFEST} is not a sleepstage dataset manifest", self.root)
         version = self.manifest.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise InputError(f"dataset format version {version} is newer than this sleepstage reads "
                              f"({FORMAT_VERSION}); upgrade sleepstage", self.root)
-        self.nights = [NightRecord(id=n["id"], subject=n["subject"], file=n["file"], n_epochs=n["n_epochs"], meta=n)
-                       for n in self.manifest.get("nights", [])]
+        try:
+            self.nights = [NightRecord(id=n["id"], subject=n["subject"], file=n["file"], n_epochs=n["n_epochs"],
+                                       meta=n) for n in self.manifest.get("nights", [])]
+        except (KeyError, TypeError):
+            raise InputError(f"{MANIFEST} is damaged (a malformed night entry); prepare the dataset again",
+                             self.root) from None
 
     @property
     def channels(self) -> tuple[str, ...]:

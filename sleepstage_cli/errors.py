@@ -33,6 +33,10 @@ class OutputExistsError(SleepstageError):
         self.path = Path(path)
 
 
+class WriteError(SleepstageError, OSError):
+    """A file could not be written (disk full, quota, I/O error): one clean line, and still an OSError."""
+
+
 class Interrupted(SleepstageError):
     """The user stopped the work (Ctrl-C or SIGTERM); what was finished is kept."""
 

@@ -94,7 +94,8 @@ def _is_signal_edf(path: Path) -> bool:
 
 # Tables sleepstage itself writes that are not hypnograms (score, prepare, evaluate), and the copies of
 # <night>.csv that score writes beside it in other formats.
-_NOT_HYPNOGRAMS = frozenset({"summary.csv", "nights.csv", *(n for n in OUTPUT_FILES if n.endswith(".csv"))})
+_NOT_HYPNOGRAMS = frozenset({"summary.csv", "nights.csv", "folds.csv",
+                             *(n for n in OUTPUT_FILES if n.endswith(".csv"))})
 _NOT_HYPNOGRAM_ENDINGS = (".attention.csv",)
 _SCORE_COPIES = (".events.tsv", ".annotations.edf")
 
@@ -561,6 +562,8 @@ def write_evaluation(out_dir: str | Path, ev: Evaluation, force: bool = False) -
     probe = out_dir
     while not probe.exists():  # the first existing ancestor is where the folder will be made
         probe = probe.parent
+    if not probe.is_dir():
+        raise SleepstageError(f"cannot write the evaluation output {out_dir}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SleepstageError(f"cannot write the evaluation output {out_dir}: folder {probe} is not writable")
 

@@ -13,14 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sleepstage_cli.errors import OutputExistsError, SleepstageError
+from sleepstage_cli.errors import OutputExistsError, SleepstageError, WriteError
 
 
 def check_writable_output(path: Path, force: bool, what: str = "output") -> None:
     """Refuse to replace an existing ``path`` unless ``force``; check its folder can be written."""
+    if path.is_dir():
+        raise SleepstageError(f"cannot write {what} {path}: it is a folder")
     if path.exists() and not force:
         raise OutputExistsError(path, what)
     parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:  # missing folders are made in the first one there
+        parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise SleepstageError(f"cannot write {what} {path}: {parent} is not a folder")
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
@@ -44,18 +48,29 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` for writers that insist on a file name; renamed into place on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name, not the result
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, quota, I/O error: the previous file is intact; say which
+            raise _write_error(path, exc) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    err = WriteError(f"cannot write the file: {exc.strerror or exc}", path)
+    err.errno = exc.errno
+    return err
 
 
 def _umask() -> int:

@@ -10,6 +10,7 @@ and of the validation it was selected on.
 from __future__ import annotations
 
 import datetime as dt
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,10 @@ def save_model(path: str | Path, model: StagingModel, channel_spec: dict, condit
         "training": training,
         "validation": validation,
     }
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # in memory first: torch turns a failed file write into an obscure RuntimeError
     with atomic_open(path, "wb") as fh:
-        torch.save(payload, fh)
+        fh.write(buf.getbuffer())
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:

@@ -21,7 +21,7 @@ import numpy as np
 from sleepstage_cli.dataset import (MANIFEST, NIGHTS_DIR, exclusive_lock, new_manifest, save_manifest,
                                     write_night)
 from sleepstage_cli.errors import InputError, SleepstageError
-from sleepstage_cli.fsutil import read_json
+from sleepstage_cli.fsutil import check_writable_output, read_json
 from sleepstage_cli.interrupts import GracefulStop, ignore_interrupts
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
@@ -201,11 +201,12 @@ def _source_unchanged(entry: dict, src: NightSource) -> bool:
             and entry.get("psg_mtime") == stat.st_mtime and entry.get("hypnogram") == str(src.hypnogram))
 
 
-def open_output(root: Path, manifest: dict, force: bool) -> tuple[dict, bool]:
+def open_output(root: Path, manifest: dict, force: bool, dry_run: bool = False) -> tuple[dict, bool]:
     """Decide what happens to an existing output folder.
 
     Returns the manifest to continue from and whether it was resumed. A dataset prepared with the
-    same options is resumed; anything else there is refused unless ``force``.
+    same options is resumed; anything else there is refused unless ``force``. ``dry_run`` only
+    refuses: the night files of a dataset rebuilt with ``force`` are deleted on the real call.
     """
     if root.exists() and not root.is_dir():
         raise SleepstageError("output exists and is a file, not a dataset folder", root)
@@ -213,6 +214,9 @@ def open_output(root: Path, manifest: dict, force: bool) -> tuple[dict, bool]:
     existing_manifest = root / MANIFEST
     if existing_manifest.exists():
         old = read_json(existing_manifest, "dataset manifest")
+        if not isinstance(old, dict) or not isinstance(old.get("nights", []), list):
+            raise SleepstageError(f"{MANIFEST} is not a sleepstage dataset manifest; pass --force to rebuild it or "
+                                  "choose another folder", root)
         same = all(old.get(k) == manifest[k] for k in ("format_version", "channel_spec", "conditioning", "options"))
         if same and not force:
             return old, True
@@ -220,10 +224,14 @@ def open_output(root: Path, manifest: dict, force: bool) -> tuple[dict, bool]:
             raise SleepstageError(f"output already holds a dataset prepared with other options "
                                   f"({_differences(old, manifest)}); pass --force to rebuild it or choose "
                                   "another folder", root)
-        for entry in old.get("nights", []):
-            (root / entry.get("file", "")).unlink(missing_ok=True)
+        for entry in [] if dry_run else old.get("nights", []):
+            if isinstance(entry, dict) and entry.get("file"):
+                (root / entry["file"]).unlink(missing_ok=True)
         return manifest, False
-    if root.exists() and any(p.name != ".lock" for p in root.iterdir()) and not force:
+    # The lock and temporary files of a run starting right now do not make the folder someone else's.
+    theirs = [p for p in root.iterdir() if p.name != ".lock" and not (p.name[:1] == "." and p.name.endswith(".tmp"))
+              ] if root.exists() else []
+    if theirs and not force:
         raise SleepstageError("output folder exists and is not a sleepstage dataset; pass --force to write "
                               "into it or choose another folder", root)
     return manifest, False
@@ -257,8 +265,11 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
     ``on_start(to_do, already_there)`` and ``on_result(result)`` report progress.
     """
     fresh = new_manifest(opts.spec.to_dict(), opts.conditioning.to_dict(), opts.to_dict())
-    manifest, resumed = open_output(root, fresh, force)
+    open_output(root, fresh, force, dry_run=True)  # refuse before anything is written or locked
+    check_writable_output(root / MANIFEST, force=True, what="dataset")
     with exclusive_lock(root):
+        # Decided again under the lock: nothing is deleted while another run is writing here.
+        manifest, resumed = open_output(root, fresh, force)
         if resumed:
             by_id = {n.night_id: n for n in nights}
             manifest["nights"] = [e for e in manifest["nights"]

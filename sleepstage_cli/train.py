@@ -6,6 +6,7 @@ subjects every N steps keeping the best checkpoint; resumable; data-parallel und
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from sleepstage_cli import __version__
 from sleepstage_cli.dataset import NightRecord, PreparedDataset
 from sleepstage_cli.errors import InputError, Interrupted, OutputExistsError, SleepstageError
 from sleepstage_cli.features import RunningStats, SpectrogramFrontEnd
-from sleepstage_cli.fsutil import atomic_open, atomic_write_json, atomic_write_text
+from sleepstage_cli.fsutil import atomic_open, atomic_write_json, atomic_write_text, check_writable_output
 from sleepstage_cli.interrupts import GracefulStop
 from sleepstage_cli.inference import autocast_for, score_night
 from sleepstage_cli.loader import PassBatches, WindowDataset
@@ -297,6 +298,7 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     amp = opts.amp and device.type == "cuda"
 
     ckpt_path = checkpoint_path(output)
+    check_writable_output(output, force=True, what="model file")  # not a folder, in one we can write: before training
     fingerprint = json.loads(json.dumps({
         "options": opts.fingerprint(), "split": asdict(split), "dataset": str(Path(dataset).resolve()),
         "nights": [n.id for n in train_nights + val_nights], "checkpoint_version": CHECKPOINT_VERSION}))
@@ -381,8 +383,10 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
         payload = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scaler": scaler.state_dict(), "step": step, "pass": pass_index, "batch_in_pass": batch_in_pass,
                    "best": best, "log": log, "rng": _rng_state(device)}
+        buf = io.BytesIO()
+        torch.save(payload, buf)  # in memory first: torch turns a failed file write into an obscure RuntimeError
         with atomic_open(ckpt_path, "wb") as fh:
-            torch.save(payload, fh)
+            fh.write(buf.getbuffer())
         _write_log_csv(csv_path, log)
 
     def run_validation(train_loss: float, seq_per_s: float) -> None:

@@ -154,7 +154,8 @@ def prepare(
         raise SleepstageError(reasons[0] if len(reasons) == 1 else
                               f"no night could be prepared into {output} ({len(reasons)} skipped; see above)")
     if strict and summary.skipped:
-        raise SleepstageError(f"{len(summary.skipped)} night(s) or file(s) skipped (--strict)")
+        raise SleepstageError(f"{len(summary.skipped)} night(s) or file(s) skipped (--strict); first: "
+                              f"{summary.skipped[0]['reason']}")
 
 
 def _write_nights_table(summary) -> None:

@@ -148,13 +148,17 @@ def score(
             raise InputError(f"several input files are night {dup[0]!r}; score them into separate folders")
         plan = {f: _targets(output / k, fmt, report, attention) for f, k in zip(files, keys)}
         summary_path = output / "summary.csv"
+    model_path = model or _default_model()
+    n_nights = len(plan)
+    kept = _finished(summary_path, plan, model_path) if summary_path is not None and not force else []
     for targets in plan.values():
         for path in targets.all():
             check_writable_output(path, force)
     if summary_path is not None:
-        check_writable_output(summary_path, force)
+        check_writable_output(summary_path, force or bool(kept))
+    if kept:
+        con.info(f"{len(kept)} night(s) already scored in {output} with this model are kept")
 
-    model_path = model or _default_model()
     dev = resolve_device(device)
     loaded = load_model(model_path, dev)
     con.info(f"model {model_path}: {loaded.meta['architecture']['net']}, channels {', '.join(loaded.kinds)}; "
@@ -186,14 +190,33 @@ def score(
 
             from sleepstage_cli.fsutil import atomic_write_text
 
-            atomic_write_text(summary_path, pd.DataFrame(rows).to_csv(index=False))
+            atomic_write_text(summary_path, pd.DataFrame(kept + rows).to_csv(index=False))
             con.info(f"summary: {summary_path}")
-    if stop.requested:
-        raise Interrupted(f"interrupted after {len(rows)} of {len(plan)} nights; the finished ones are written")
+    if stop.requested and len(rows) + len(failures) < len(plan):
+        raise Interrupted(f"interrupted after {len(kept) + len(rows)} of {n_nights} nights; the finished ones are "
+                          "written: run the same command again to score the others", output)
     if failures:
         if len(plan) == 1:
             raise SleepstageError(failures[0])
         raise SleepstageError(f"{len(failures)} of {len(plan)} nights could not be scored; first: {failures[0]}")
+
+
+def _finished(summary_path: Path, plan: dict[Path, Targets], model_path: Path) -> list[dict]:
+    """Take out of ``plan`` the nights an interrupted run of this command scored: in its summary.csv with
+    the same recording and model, every output there. Returns their summary rows (kept as they are)."""
+    import pandas as pd
+
+    try:
+        done = {(r.get("source"), r.get("model")): r for r in pd.read_csv(summary_path).to_dict("records")}
+    except Exception:  # no summary, or not ours: nothing counts as finished
+        return []
+    kept = []
+    for path, targets in list(plan.items()):
+        row = done.get((str(path), str(model_path)))
+        if row is not None and all(p.exists() for p in targets.all()):
+            kept.append(row)
+            del plan[path]
+    return kept
 
 
 def _score_one(path: Path, targets: Targets, loaded, overrides, device, epochs_from, attention, low_conf,
@@ -241,7 +264,8 @@ def _score_one(path: Path, targets: Targets, loaded, overrides, device, epochs_f
             "SOL_min": stats.get("SOL"), "WASO_min": stats.get("WASO"), "REM_latency_min": stats.get("Lat_REM"),
             "low_confidence_epochs": int(low.sum()), "flagged_epochs": sum(1 for f in night.flags if f),
             "mean_confidence": float(np.nanmean(night.confidence)) if np.isfinite(night.confidence).any() else None,
-            "hypnogram": str(targets.csv), "report": str(targets.report) if targets.report else ""}
+            "hypnogram": str(targets.csv), "report": str(targets.report) if targets.report else "",
+            "model": str(loaded.path)}
 
 
 def _fmt(value, digits: int = 1) -> str:

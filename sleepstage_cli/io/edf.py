@@ -99,6 +99,8 @@ def _number(text: str, what: str, path: Path, integer: bool = False) -> float:
         value = float(text)
     except ValueError:
         raise InputError(f"corrupted EDF header: {what} is {text!r}, not a number", path) from None
+    if not np.isfinite(value):  # float() accepts 'nan' and 'inf'; no EDF field may hold them
+        raise InputError(f"corrupted EDF header: {what} is {text!r}, not a finite number", path)
     if integer and value != int(value):
         raise InputError(f"corrupted EDF header: {what} is {text!r}, not a whole number", path)
     return int(value) if integer else value
@@ -246,8 +248,13 @@ def record_onsets(header: EdfHeader) -> np.ndarray:
         except (ValueError, UnicodeDecodeError):
             raise InputError(f"EDF+D data record {r + 1} has no readable time-keeping annotation",
                              header.path) from None
+    if not np.isfinite(onsets).all():
+        raise InputError("EDF+D data records have a time-keeping annotation that is not a finite number", header.path)
     if np.any(np.diff(onsets) < header.record_duration - 1e-6):
         raise InputError("EDF+D data records overlap or are out of order", header.path)
+    if onsets[-1] - onsets[0] > 7 * 86400:  # the gaps would become days of missing samples in memory
+        raise InputError(f"EDF+D data record {header.n_records} starts {onsets[-1] - onsets[0]:g} s after the first, "
+                         "longer than any recording; is its time-keeping annotation corrupted?", header.path)
     return onsets
 
 

@@ -26,6 +26,7 @@ from sleepstage_cli.stages import (STAGES, UNSCORED, UnknownStageError, annotati
 
 SUPPORTED_EPOCHS = (30.0, 20.0)
 _TOL = 1e-3  # seconds; annotation times are written with 100-ns to 10-ms resolution
+MAX_SECONDS = 7 * 86400.0  # a hypnogram reaching further is corrupted (a week of 30-s epochs is 20160)
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 
@@ -117,6 +118,9 @@ def from_intervals(onsets: np.ndarray, durations: np.ndarray, codes: np.ndarray,
         i = int(overlap[0])
         raise InputError(f"overlapping stage annotations: one at {onsets[i]:g} s lasting to {ends[i]:g} s, "
                          f"the next at {onsets[i + 1]:g} s", source)
+    if ends.max() > MAX_SECONDS:  # a corrupted onset or duration: never expand it into millions of epochs
+        raise InputError(f"hypnogram runs to {ends.max():g} s ({ends.max() / 86400:.3g} days), longer than any "
+                         "recording; is an onset or duration corrupted?", source)
 
     out_onsets: list[np.ndarray] = []
     out_codes: list[np.ndarray] = []

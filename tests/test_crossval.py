@@ -1,0 +1,327 @@
+"""`sleepstage crossval`: subject-wise folds, resume after a kill, refused restarts, split files, parallel folds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error
+from sleepstage_cli.errors import InputError
+
+# Tiny training: 20 steps per fold leave time to kill a run after fold 2's first checkpoint (step 4).
+TINY = ["--epochs", "3", "--max-steps", "20", "--seq-len", "5", "--batch-size", "8", "--eval-every", "4",
+        "--val-subjects-per-fold", "1", "--seed", "0"]
+SUBJECTS = ["subject01", "subject02", "subject03"]
+
+
+def cli(*args: object, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The command line in a fresh process, one thread per process (as each --jobs worker gets here)."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "sleepstage_cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` (its lock file too) with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Generic layout: 3 subjects with 2 half-hour nights each."""
+    from sleepstage_cli.simulate import simulate
+
+    root = tmp_path_factory.mktemp("cv-data")
+    simulate(root / "sim", nights=6, layout="generic", seed=4, hours=0.5)
+    proc = cli("prepare", root / "sim", "-o", root / "ds", "--channel-map", root / "sim" / "channels.toml")
+    assert proc.returncode == 0, proc.stderr
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def resumed(dataset: Path, tmp_path_factory) -> dict:
+    """A 3-fold run killed (SIGKILL) during fold 2, then the same command again."""
+    run = tmp_path_factory.mktemp("cv-run") / "run"
+    args = ["crossval", dataset, "--folds", 3, "-o", run, *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sleepstage_cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    ckpt = run / "fold-02" / "model.pt.ckpt"
+    deadline = time.time() + 400
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import torch
+
+    killed = {"fold1_done": (run / "fold-01" / "DONE").exists(), "fold2_done": (run / "fold-02" / "DONE").exists(),
+              "fold2_model": (run / "fold-02" / "model.pt").exists(), "fold3": (run / "fold-03").exists(),
+              "step": torch.load(ckpt, weights_only=True)["step"] if ckpt.exists() else None}
+    model1 = run / "fold-01" / "model.pt"
+    before = (model1.read_bytes(), model1.stat().st_mtime_ns) if model1.exists() else None
+    again = cli(*args)
+    return {"run": run, "dataset": dataset, "args": args, "killed": killed, "model1": before, "again": again}
+
+
+def test_killed_run_resumes_without_retraining_the_finished_fold(resumed: dict) -> None:
+    run, killed, again = resumed["run"], resumed["killed"], resumed["again"]
+    assert killed["fold1_done"] and not killed["fold2_done"] and not killed["fold2_model"] and not killed["fold3"]
+    assert killed["step"] is not None and 4 <= killed["step"] < 20
+    assert again.returncode == 0, again.stderr
+    assert "1 of 3 folds already finished (fold 1)" in again.stderr
+    assert f"fold 2/3: resuming from step {killed['step']}" in again.stderr
+    model1 = run / "fold-01" / "model.pt"
+    assert (model1.read_bytes(), model1.stat().st_mtime_ns) == resumed["model1"]  # not retrained
+    log = json.loads((run / "fold-02" / "model.train.json").read_text())
+    assert [row["step"] for row in log["log"]] == [4, 8, 12, 16, 20]  # runs on from the checkpoint
+    events = (run / "crossval.log").read_text()
+    assert "fold-02: resuming training from its checkpoint" in events and "finished" in events
+    for i in (1, 2, 3):
+        assert (run / f"fold-0{i}" / "DONE").exists()
+        assert not (run / f"fold-0{i}" / "model.pt.ckpt").exists()
+
+
+def test_every_subject_tested_once_and_the_split_is_what_trained(resumed: dict) -> None:
+    from sleepstage_cli.dataset import PreparedDataset
+    from sleepstage_cli.modelfile import load_model
+
+    run = resumed["run"]
+    ds = PreparedDataset(resumed["dataset"])
+    split = json.loads((run / "split.json").read_text())
+    tested = [s for f in split["folds"] for s in f["test"]]
+    assert sorted(tested) == ds.subjects == SUBJECTS  # each once
+    for f in split["folds"]:
+        test, val, train = set(f["test"]), set(f["val"]), set(f["train"])
+        assert len(val) == 1 and not (test & val or test & train or val & train)
+        assert test | val | train == set(SUBJECTS)
+        fold_dir = run / f"fold-{f['fold']:02d}"
+        meta = load_model(fold_dir / "model.pt").meta["training"]
+        assert (meta["train_subjects"], meta["val_subjects"]) == (f["train"], f["val"])
+        predicted = sorted(p.stem for p in (fold_dir / "predictions").glob("*.csv"))
+        assert predicted == sorted(n.id for n in ds.nights if n.subject in test)  # both nights of a subject
+    assert sorted(p.stem for p in (run / "predictions").glob("*.csv")) == sorted(n.id for n in ds.nights)
+
+
+def test_pooled_metrics_equal_evaluate_on_the_saved_csvs(resumed: dict, tmp_path: Path) -> None:
+    run = resumed["run"]
+    proc = cli("evaluate", run / "predictions", resumed["dataset"], "-o", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    ours = json.loads((run / "evaluation" / "metrics.json").read_text())
+    theirs = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ours["pooled"] == theirs["pooled"] and ours["summary"] == theirs["summary"]
+    assert [n["metrics"] for n in ours["per_night"]] == [n["metrics"] for n in theirs["per_night"]]
+    for name in ("confusion.csv", "per_night.csv", "per_class.csv"):
+        assert (run / "evaluation" / name).read_text() == (tmp_path / "ev" / name).read_text(), name
+    assert (run / "evaluation" / "report.html").stat().st_size > 1000
+    # Pooled over folds = the folds' confusion matrices summed; folds.csv has one row per fold.
+    folds = [json.loads((run / f"fold-0{i}" / "metrics.json").read_text()) for i in (1, 2, 3)]
+    assert np.sum([f["pooled"]["confusion"] for f in folds], axis=0).tolist() == ours["pooled"]["confusion"]
+    rows = (run / "folds.csv").read_text().splitlines()
+    assert rows[0].startswith("fold,test_subjects,val_subjects") and len(rows) == 4
+    assert [float(r.split(",")[6]) for r in rows[1:]] == [f["fold"]["accuracy"] for f in folds]
+    assert "the same figures: sleepstage evaluate" in resumed["again"].stderr
+    assert "Per fold" in resumed["again"].stdout and "Agreement over 6 night(s)" in resumed["again"].stdout
+
+
+def test_a_different_command_is_refused_and_nothing_changes(resumed: dict) -> None:
+    run = resumed["run"]
+    before = snapshot(run)
+    args = list(resumed["args"])
+    args[args.index("--seed") + 1] = 1
+    proc = cli(*args, "--lr", 0.001)
+    assert_clean_error(proc, "--lr 0.0001 (now 0.001)", "--seed 0 (now 1)", "--force")
+    assert snapshot(run) == before
+
+
+def test_force_starts_over(resumed: dict, tmp_path: Path) -> None:
+    from sleepstage_cli.crossval import crossval, plan_run
+    from sleepstage_cli.train import TrainOptions
+
+    run = tmp_path / "run"
+    shutil.copytree(resumed["run"], run)
+    (run / "notes.txt").write_text("mine")
+    opts = TrainOptions(seq_len=5, epochs=3, max_steps=20, batch_size=8, eval_every=4, seed=1)
+    plan = plan_run(resumed["dataset"], run, opts, folds=3, val_subjects_per_fold=1)
+    with pytest.raises(Exception, match="--seed 0 .now 1."):
+        crossval(plan, split_only=True)
+    assert crossval(plan, force=True, split_only=True) is None
+    assert not any(run.glob("fold-*")) and not (run / "predictions").exists() and not (run / "evaluation").exists()
+    assert json.loads((run / "crossval.json").read_text())["options"]["seed"] == 1
+    assert json.loads((run / "split.json").read_text())["folds"] == [f.to_json() for f in plan.split.folds]
+    assert (run / "notes.txt").read_text() == "mine"  # only what a run writes is deleted
+
+
+def test_fold_killed_after_training_is_only_scored_again(resumed: dict, tmp_path: Path) -> None:
+    import torch
+
+    from sleepstage_cli.crossval import crossval, plan_run
+    from sleepstage_cli.train import TrainOptions
+
+    run = tmp_path / "run"
+    shutil.copytree(resumed["run"], run)
+    fold3 = run / "fold-03"
+    old = (fold3 / "predictions" / "subject02_night1.csv").read_text()
+    for name in ("DONE", "metrics.json"):
+        (fold3 / name).unlink()
+    shutil.rmtree(fold3 / "predictions")
+    model = fold3 / "model.pt"
+    stamp = (model.read_bytes(), model.stat().st_mtime_ns)
+    opts = TrainOptions(seq_len=5, epochs=3, max_steps=20, batch_size=8, eval_every=4, seed=0, device="cpu")
+    plan = plan_run(resumed["dataset"], run, opts, folds=3, val_subjects_per_fold=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = crossval(plan)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.skipped == [1, 2]
+    assert (model.read_bytes(), model.stat().st_mtime_ns) == stamp
+    assert (fold3 / "DONE").exists()
+    new = (fold3 / "predictions" / "subject02_night1.csv").read_text()
+    assert [r.split(",")[2] for r in new.splitlines()] == [r.split(",")[2] for r in old.splitlines()]
+
+
+def test_first_interrupt_checkpoints_the_fold_and_stops(dataset: Path, tmp_path: Path) -> None:
+    from sleepstage_cli.crossval import Monitor, crossval, plan_run
+    from sleepstage_cli.errors import Interrupted
+    from sleepstage_cli.train import Callbacks, TrainOptions
+
+    class CtrlC(Callbacks):
+        def step(self, step, loss, rate, pass_index):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    class Watch(Monitor):
+        def __init__(self) -> None:
+            self.ended: list = []
+
+        def fold_begin(self, fold, device):
+            return CtrlC()
+
+        def fold_end(self, fold, summary):
+            self.ended.append((fold.index, summary))
+
+    opts = TrainOptions(seq_len=5, epochs=1, max_steps=6, batch_size=8, eval_every=5, device="cpu")
+    plan = plan_run(dataset, tmp_path / "run", opts, folds=3, val_subjects_per_fold=1)
+    watch = Watch()
+    with pytest.raises(Interrupted, match="interrupted in fold 1.*run the same command again") as info:
+        crossval(plan, monitor=watch)
+    assert info.value.exit_code == 130
+    import torch
+
+    assert torch.load(tmp_path / "run" / "fold-01" / "model.pt.ckpt", weights_only=True)["step"] == 2
+    assert watch.ended == [(1, None)] and not (tmp_path / "run" / "fold-02").exists()
+
+
+def test_split_file_is_reproduced_exactly(dataset: Path, tmp_path: Path) -> None:
+    from sleepstage_cli.crossval import crossval, plan_run
+    from sleepstage_cli.crossval_split import load_split
+    from sleepstage_cli.train import TrainOptions
+
+    given = {"folds": [{"test": ["subject02"], "val": ["subject03"]},
+                       {"test": ["subject03", "subject01"], "validation": []}]}
+    (tmp_path / "published.json").write_text(json.dumps(given))
+    plan = plan_run(dataset, tmp_path / "a", TrainOptions(), split_file=tmp_path / "published.json")
+    assert crossval(plan, split_only=True) is None
+    written = json.loads((tmp_path / "a" / "split.json").read_text())["folds"]
+    assert written == [{"fold": 1, "test": ["subject02"], "val": ["subject03"], "train": ["subject01"]},
+                       {"fold": 2, "test": ["subject01", "subject03"], "val": [], "train": ["subject02"]}]
+    assert not any((tmp_path / "a").glob("fold-*"))  # --split-only trains nothing
+    # An earlier run's split.json (or its folder) gives the very same folds.
+    assert [f.to_json() for f in load_split(tmp_path / "a", SUBJECTS).folds] == written
+    again = plan_run(dataset, tmp_path / "b", TrainOptions(seed=5), split_file=tmp_path / "a" / "split.json")
+    assert [f.to_json() for f in again.split.folds] == written
+
+
+def test_errors_are_one_line(dataset: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "split.json"
+    bad.write_text(json.dumps({"folds": [{"test": ["subject01"]}, {"test": ["subject99", "subject02"]}]}))
+    proc = cli("crossval", dataset, "-o", tmp_path / "r", "--split", bad)
+    assert_clean_error(proc, "fold 2", "subject99", "subject01, subject02, subject03")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+    from sleepstage_cli.crossval import plan_run
+    from sleepstage_cli.crossval_split import load_split, make_split
+    from sleepstage_cli.train import TrainOptions
+
+    with pytest.raises(InputError, match="--folds 5 is more than the 3 subject"):
+        plan_run(dataset, tmp_path / "r", TrainOptions(), folds=5)
+    with pytest.raises(InputError, match="--channels asks for ecg"):
+        plan_run(dataset, tmp_path / "r", TrainOptions(channels=("eeg", "ecg")), folds=3, val_subjects_per_fold=1)
+    with pytest.raises(InputError, match="too few for 3 folds.*--val-subjects-per-fold"):
+        make_split(SUBJECTS, 3, 4)
+    with pytest.raises(InputError, match="--folds 1 needs --test-fraction"):
+        make_split(SUBJECTS, 1, 1)
+    with pytest.raises(InputError, match="--test-fraction .* --folds 1"):
+        make_split(SUBJECTS, 3, 1, test_fraction=0.2)
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([{"test": ["subject01"]}, {"test": ["subject01"]}]))
+    with pytest.raises(InputError, match="subject01 is tested in folds 1 and 2"):
+        load_split(twice, SUBJECTS)
+    overlap = tmp_path / "overlap.json"
+    overlap.write_text(json.dumps([{"test": ["subject01"], "val": ["subject01"]}]))
+    with pytest.raises(InputError, match="both tested and validated"):
+        load_split(overlap, SUBJECTS)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("n,k", [(3, 3), (7, 3), (62, 20), (10, 4)])
+def test_made_folds_partition_the_subjects(n: int, k: int) -> None:
+    from sleepstage_cli.crossval_split import make_split
+
+    subjects = [f"s{i:02d}" for i in range(n)]
+    v = 1 if n < 8 else 4
+    split = make_split(subjects, k, v, seed=3)
+    tested = [s for f in split.folds for s in f.test]
+    assert sorted(tested) == subjects
+    sizes = [len(f.test) for f in split.folds]
+    assert max(sizes) - min(sizes) <= 1 and len(sizes) == k
+    for f in split.folds:
+        assert len(f.val) == v and set(f.test) | set(f.val) | set(f.train) == set(subjects)
+        assert len(f.test) + len(f.val) + len(f.train) == n
+    assert make_split(subjects, k, v, seed=3) == split  # the seed decides
+    assert [f.test for f in make_split(subjects, k, v, seed=4).folds] != [f.test for f in split.folds]
+    holdout = make_split(subjects, 1, v, seed=3, test_fraction=0.2)
+    assert len(holdout.folds) == 1 and len(holdout.folds[0].test) == max(1, round(0.2 * n))
+    # Default validation size: 4 on MASS SS3's 62 subjects in 20 folds, fewer on small datasets.
+    assert [len(f.val) for f in make_split(subjects, k).folds] == [4 if n == 62 else 1] * k
+
+
+def test_crossval_accepts_every_training_option() -> None:
+    import typer.main
+
+    from sleepstage_cli.cli import app
+
+    commands = typer.main.get_command(app).commands
+    train = {p.name: p for p in commands["train"].params}
+    cv = {p.name: p for p in commands["crossval"].params}
+    for name in set(train) - {"dataset", "output", "val_subjects", "val_fraction", "resume", "force"}:
+        assert name in cv, name
+        assert cv[name].opts == train[name].opts and cv[name].default == train[name].default, name
+
+
+def test_two_jobs_make_the_same_folds_and_results(resumed: dict, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [a if a != resumed["run"] else run for a in resumed["args"]]
+    proc = cli(*args, "--jobs", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "fold 3 done" in proc.stderr and "3/3" in proc.stderr
+    first = resumed["run"]
+    folds = json.loads((run / "split.json").read_text())["folds"]
+    assert folds == json.loads((first / "split.json").read_text())["folds"]
+    # One thread per process in both runs, same seeds: the same arithmetic, the same hypnograms
+    # (the first run was even killed and resumed in between).
+    for p in sorted((first / "predictions").glob("*.csv")):
+        assert (run / "predictions" / p.name).read_text() == p.read_text(), p.name
+    assert (json.loads((run / "evaluation" / "metrics.json").read_text())["pooled"]
+            == json.loads((first / "evaluation" / "metrics.json").read_text())["pooled"])

@@ -39,7 +39,7 @@ from sleepstage_cli import __version__
 from sleepstage_cli.crossval_split import CVSplit, Fold, load_split, make_split
 from sleepstage_cli.dataset import PreparedDataset, exclusive_lock
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
-from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, read_json
+from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
 from sleepstage_cli.train import Callbacks, Split, TrainOptions
 
 RUN_FORMAT = "sleepstage-crossval"
@@ -138,6 +138,8 @@ def plan_run(dataset: str | Path, run_dir: str | Path, opts: TrainOptions, folds
     if not ds.nights:
         raise InputError("prepared dataset holds no night", ds.root)
     check_options(ds, opts, devices or [])
+    for night in ds.nights:  # a damaged dataset is refused before anything is trained (or cleared)
+        ds.open(night)
     if split_file is not None:
         split = load_split(split_file, ds.subjects)
     else:
@@ -195,10 +197,11 @@ def describe_difference(old: dict, plan: RunPlan) -> str:
 def check_run_dir(plan: RunPlan, force: bool) -> bool:
     """Whether RUN holds this very run (to be resumed); refuse a different one unless ``force``."""
     run_dir = plan.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SleepstageError("is a file, not a run folder", run_dir)
+    check_writable_folder(run_dir, f"run folder {run_dir}")
     if not run_dir.exists():
         return False
-    if not run_dir.is_dir():
-        raise SleepstageError("is a file, not a run folder", run_dir)
     info = run_dir / RUN_FILE
     if not info.exists():
         foreign = [p.name for p in run_dir.iterdir() if not p.name.startswith(".")]

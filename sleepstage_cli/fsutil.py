@@ -16,19 +16,24 @@ from typing import IO, Any
 from sleepstage_cli.errors import OutputExistsError, SleepstageError, WriteError
 
 
+def check_writable_folder(folder: Path, what: str = "output") -> None:
+    """Check that ``folder`` is, or can be made (with its missing parents), a writable folder."""
+    probe = folder if str(folder) else Path(".")
+    while not probe.exists() and probe != probe.parent:  # missing folders are made in the first one there
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SleepstageError(f"cannot write {what}: {probe} is not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise SleepstageError(f"cannot write {what}: folder {probe} is not writable")
+
+
 def check_writable_output(path: Path, force: bool, what: str = "output") -> None:
     """Refuse to replace an existing ``path`` unless ``force``; check its folder can be written."""
     if path.is_dir():
         raise SleepstageError(f"cannot write {what} {path}: it is a folder")
     if path.exists() and not force:
         raise OutputExistsError(path, what)
-    parent = path.parent if str(path.parent) else Path(".")
-    while not parent.exists() and parent != parent.parent:  # missing folders are made in the first one there
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise SleepstageError(f"cannot write {what} {path}: {parent} is not a folder")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise SleepstageError(f"cannot write {what} {path}: folder {parent} is not writable")
+    check_writable_folder(path.parent, f"{what} {path}")
 
 
 @contextlib.contextmanager

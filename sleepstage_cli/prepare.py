@@ -21,7 +21,7 @@ import numpy as np
 from sleepstage_cli.dataset import (MANIFEST, NIGHTS_DIR, exclusive_lock, new_manifest, save_manifest,
                                     write_night)
 from sleepstage_cli.errors import InputError, SleepstageError
-from sleepstage_cli.fsutil import check_writable_output, read_json
+from sleepstage_cli.fsutil import check_writable_folder, read_json
 from sleepstage_cli.interrupts import GracefulStop, ignore_interrupts
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
@@ -210,6 +210,7 @@ def open_output(root: Path, manifest: dict, force: bool, dry_run: bool = False) 
     """
     if root.exists() and not root.is_dir():
         raise SleepstageError("output exists and is a file, not a dataset folder", root)
+    check_writable_folder(root, f"dataset {root}")
     manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as a manifest read back has them
     existing_manifest = root / MANIFEST
     if existing_manifest.exists():
@@ -266,7 +267,6 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
     """
     fresh = new_manifest(opts.spec.to_dict(), opts.conditioning.to_dict(), opts.to_dict())
     open_output(root, fresh, force, dry_run=True)  # refuse before anything is written or locked
-    check_writable_output(root / MANIFEST, force=True, what="dataset")
     with exclusive_lock(root):
         # Decided again under the lock: nothing is deleted while another run is writing here.
         manifest, resumed = open_output(root, fresh, force)

@@ -23,13 +23,16 @@ class WindowDataset(Dataset):
     """All stride-1 windows of ``seq_len`` epochs within the given nights.
 
     Windows whose epochs are all unscored are left out. Items are ``(x, y)``: ``x`` float32
-    (L, C, 3000) with the selected channels, ``y`` int64 (L + 2,) labels including one neighbour each side.
+    (L, C, 3000) with the selected channels (or (L, C, 29, 129) spectrograms when ``feature_files``
+    are given), ``y`` int64 (L + 2,) labels including one neighbour each side.
     """
 
     def __init__(self, root: str | Path, nights: Sequence[NightRecord], seq_len: int,
-                 channel_index: Sequence[int]) -> None:
+                 channel_index: Sequence[int], feature_files: Sequence[Path] | None = None) -> None:
         self.root = Path(root)
         self.files = [self.root / n.file for n in nights]
+        # Cached spectrograms (N, C, 29, 129) per night, channels already selected (specache.py).
+        self.feature_files = list(feature_files) if feature_files is not None else None
         self.seq_len = int(seq_len)
         self.channel_index = list(channel_index)
         self._all_channels = None
@@ -58,15 +61,18 @@ class WindowDataset(Dataset):
     def _night(self, k: int) -> np.ndarray:
         rec = self._open.get(k)
         if rec is None:  # opened lazily, once per worker process
-            rec = self._open[k] = open_night(self.files[k])
+            if self.feature_files is not None:
+                rec = self._open[k] = np.load(self.feature_files[k], mmap_mode="r")
+            else:
+                rec = self._open[k] = open_night(self.files[k])["x"]
         return rec
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, s = int(self.night_of[i]), int(self.start_of[i])
-        block = self._night(k)["x"][s:s + self.seq_len]
-        if self.channel_index != list(range(self._all_channels)):
+        block = self._night(k)[s:s + self.seq_len]
+        if self.feature_files is None and self.channel_index != list(range(self._all_channels)):
             block = block[:, self.channel_index]
-        x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+        x = torch.from_numpy(np.array(block, dtype=np.float32))  # a copy: the memory map is read-only
         y = torch.from_numpy(self.labels[k][s:s + self.seq_len + 2].copy())
         return x, y
 

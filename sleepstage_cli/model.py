@@ -80,12 +80,18 @@ class StagingModel(nn.Module):
         return self.normalizer(self.frontend(x))
 
     def forward(
-        self, x: torch.Tensor, return_attention: bool = False
+        self, x: torch.Tensor, return_attention: bool = False, spectrogram: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (``(B, L, 5)``; ``(B, L, 3, 5)`` for multitask-arnn) from signals ``(B, L, C, 3000)``.
 
+        With ``spectrogram``, ``x`` is the front end's output ``(B, L, C, 29, 129)`` already (training
+        reads it from a cache; see specache.py) and only the normaliser and the net run.
         With ``return_attention`` (attention nets only) also the frame weights ``(B, L, 29)``.
         """
+        if spectrogram:
+            if self.normalizer is None:
+                raise ValueError(f"network {self.net_name!r} works on the raw signal, not on spectrograms")
+            return self.net(self.normalizer(x), return_attention=return_attention)
         return self.net(self.net_input(x), return_attention=return_attention)
 
     def encode_epochs(

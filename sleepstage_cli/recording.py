@@ -16,7 +16,7 @@ import numpy as np
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.channels import ResolvedChannel
 from sleepstage_cli.io.edf import EdfHeader, EdfReader, record_onsets
-from sleepstage_cli.signals import EPOCH_SAMPLES, Conditioning, condition, design_filter
+from sleepstage_cli.signals import EPOCH_SAMPLES, Conditioning, condition, filter_reach
 
 FLAT_SECONDS = 5.0
 """A stretch of identical samples at least this long is a flat (disconnected or saturated) signal."""
@@ -42,30 +42,33 @@ class Conditioned:
     def epochs(self, starts_s: np.ndarray) -> np.ndarray:
         """30-s windows (N, C, 3000) starting at ``starts_s`` seconds (the end is padded if needed)."""
         starts = np.round(np.asarray(starts_s) * self.rate).astype(np.int64)
+        n_channels = self.data.shape[0]
+        out = np.zeros((starts.size, n_channels, EPOCH_SAMPLES), np.float32)
         if starts.size == 0:
-            return np.zeros((0, self.data.shape[0], EPOCH_SAMPLES), np.float32)
+            return out
         if starts.min() < 0:
             raise ValueError("an epoch starts before the recording")
-        need = int(starts.max()) + EPOCH_SAMPLES - self.data.shape[1]
-        data = np.pad(self.data, ((0, 0), (0, need))) if need > 0 else self.data
-        idx = starts[:, None] + np.arange(EPOCH_SAMPLES)
-        return np.ascontiguousarray(data[:, idx].transpose(1, 0, 2))
+        for i, s in enumerate(starts):
+            piece = self.data[:, s:s + EPOCH_SAMPLES]
+            out[i, :, :piece.shape[1]] = piece
+        return out
 
     def marked_fraction(self, starts_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per epoch and channel, the fraction of missing and of flat samples: two (N, C) arrays."""
         starts = np.round(np.asarray(starts_s) * self.rate).astype(np.int64)
+        n = self.data.shape[1]
+        end = np.minimum(starts + EPOCH_SAMPLES, n)
+        begin = np.minimum(starts, n)
 
         def frac(mask: np.ndarray) -> np.ndarray:
-            csum = np.concatenate([np.zeros((mask.shape[0], 1)), np.cumsum(mask, axis=1)], axis=1)
-            end = np.minimum(starts + EPOCH_SAMPLES, mask.shape[1])
-            begin = np.minimum(starts, mask.shape[1])
-            inside = (csum[:, end] - csum[:, begin]).T
-            beyond = np.maximum(starts + EPOCH_SAMPLES - mask.shape[1], 0)  # past the end counts as missing
-            return inside, beyond
+            if not mask.any():
+                return np.zeros((starts.size, mask.shape[0]))
+            csum = np.zeros((mask.shape[0], n + 1), np.int32)
+            np.cumsum(mask, axis=1, dtype=np.int32, out=csum[:, 1:])
+            return (csum[:, end] - csum[:, begin]).T / EPOCH_SAMPLES
 
-        miss, beyond = frac(self.missing)
-        flat, _ = frac(self.flat)
-        return (miss + beyond[:, None]) / EPOCH_SAMPLES, flat / EPOCH_SAMPLES
+        beyond = np.maximum(starts + EPOCH_SAMPLES - n, 0) / EPOCH_SAMPLES  # past the end counts as missing
+        return frac(self.missing) + beyond[:, None], frac(self.flat)
 
 
 def _timeline(x: np.ndarray, header: EdfHeader, samples_per_record: int, onsets: np.ndarray) -> np.ndarray:
@@ -73,38 +76,33 @@ def _timeline(x: np.ndarray, header: EdfHeader, samples_per_record: int, onsets:
     rate = samples_per_record / header.record_duration
     starts = np.round(onsets * rate).astype(np.int64)
     total = int(starts[-1]) + samples_per_record
-    out = np.full(total, np.nan)
+    out = np.full(total, np.nan, dtype=np.float32)
     out[(starts[:, None] + np.arange(samples_per_record)).ravel()] = x
     return out
 
 
-def _flat_runs(x: np.ndarray, min_len: int) -> np.ndarray:
-    """Mask of samples inside runs of >= min_len identical consecutive values."""
-    same = x[1:] == x[:-1]  # same[i]: sample i+1 repeats sample i
-    mask = np.zeros(x.shape, bool)
-    if not same.any():
-        return mask
-    edges = np.diff(np.concatenate([[0], same.astype(np.int8), [0]]))
-    begins, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]  # samples begins..ends are equal
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of every run of True in a boolean array."""
+    edges = np.flatnonzero(np.diff(mask.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+    return edges[0::2], edges[1::2]
+
+
+def _flat_intervals(x: np.ndarray, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of the runs of >= min_len identical consecutive samples (NaN never repeats)."""
+    begins, ends = _runs(x[1:] == x[:-1])  # a run of "repeats the previous" from b to e covers samples b..e
     long = (ends - begins + 1) >= min_len
-    if long.any():
-        marks = np.zeros(x.size + 1, np.int64)
-        np.add.at(marks, begins[long], 1)
-        np.add.at(marks, ends[long] + 1, -1)
-        mask = np.cumsum(marks[:-1]) > 0
+    return begins[long], ends[long] + 1
+
+
+def _mask_at(starts: np.ndarray, ends: np.ndarray, rate_in: float, n_out: int, rate_out: float,
+             widen: int) -> np.ndarray:
+    """A mask at ``rate_out`` covering the intervals given at ``rate_in``, widened by ``widen`` samples."""
+    mask = np.zeros(n_out, bool)
+    lo = np.floor(starts * rate_out / rate_in).astype(np.int64) - widen
+    hi = np.ceil(ends * rate_out / rate_in).astype(np.int64) + widen
+    for a, b in zip(np.clip(lo, 0, n_out), np.clip(hi, 0, n_out)):  # few intervals: flat or missing stretches
+        mask[a:b] = True
     return mask
-
-
-def _dilate(mask: np.ndarray, half: int) -> np.ndarray:
-    if half <= 0 or not mask.any():
-        return mask
-    kernel = np.ones(2 * half + 1)
-    return np.convolve(mask.astype(float), kernel, mode="same") > 0
-
-
-def _to_rate(mask: np.ndarray, rate_in: float, n_out: int, rate_out: float) -> np.ndarray:
-    idx = np.minimum((np.arange(n_out) * rate_in / rate_out).astype(np.int64), mask.size - 1)
-    return mask[idx]
 
 
 def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: Conditioning,
@@ -121,30 +119,36 @@ def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: C
         if header.is_discontinuous:
             x = _timeline(x, header, ch.plus.samples_per_record, onsets)
         rate = ch.sampling_rate
-        missing = ~np.isfinite(x)
-        flat = _flat_runs(np.where(missing, np.inf, x), max(2, int(flat_seconds * rate))) & ~missing
-        good = ~(missing | flat)
-        if not good.any():
-            what = "flat (all samples equal)" if flat.any() else "without any recorded sample"
+        miss_lo, miss_hi = _runs(~np.isfinite(x))
+        flat_lo, flat_hi = _flat_intervals(x, max(2, int(flat_seconds * rate)))
+        bad = int((miss_hi - miss_lo).sum() + (flat_hi - flat_lo).sum())
+        if bad >= x.size:
+            what = "flat (all samples equal)" if flat_lo.size else "without any recorded sample"
             raise InputError(f"{label} is {what} in the whole recording; the electrode was probably disconnected",
                              header.path)
-        if not good.all():
-            x = x.copy()
-            x[~good] = float(np.mean(x[good]))  # fill so the filters can run; these samples stay marked
+        if bad:
+            for a, b in zip(flat_lo, flat_hi):
+                x[a:b] = np.nan
+            fill = float(np.nanmean(x, dtype=np.float64))
+            for a, b in zip(np.concatenate([miss_lo, flat_lo]), np.concatenate([miss_hi, flat_hi])):
+                x[a:b] = fill  # so the filters can run; these samples stay marked
         y = condition(x, rate, ch.kind, cond)
         del x
-        half = (len(design_filter(ch.kind, rate, cond)) // 2) * cond.rate / rate  # filter reach at 100 Hz
-        miss100 = _dilate(_to_rate(missing, rate, y.size, cond.rate), int(np.ceil(half)))
-        flat100 = _dilate(_to_rate(flat, rate, y.size, cond.rate), int(np.ceil(half))) & ~miss100
+        reach = int(np.ceil(filter_reach(ch.kind, rate, cond) * cond.rate))
+        miss100 = _mask_at(miss_lo, miss_hi, rate, y.size, cond.rate, reach)
+        flat100 = _mask_at(flat_lo, flat_hi, rate, y.size, cond.rate, reach) & ~miss100
         keep = ~(miss100 | flat100)
         if not keep.any():
             raise InputError(f"{label} has no usable stretch once flat and missing parts are removed", header.path)
-        mean, std = float(np.mean(y[keep])), float(np.std(y[keep]))
+        kept = y[keep] if not keep.all() else y
+        mean, std = float(np.mean(kept, dtype=np.float64)), float(np.std(kept, dtype=np.float64))
+        del kept
         if not std > 0:
             raise InputError(f"{label} is flat; the electrode was probably disconnected", header.path)
-        z = ((y - mean) / std).astype(np.float32)
-        z[~keep] = 0.0
-        rows.append(z)
+        y -= np.float32(mean)
+        y *= np.float32(1.0 / std)
+        y[~keep] = 0.0
+        rows.append(y)
         missing_rows.append(miss100)
         flat_rows.append(flat100)
     n = min(r.size for r in rows)  # channels of different native rates can differ by a sample

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from sleepstage_cli import __version__
 from sleepstage_cli.dataset import NightRecord, PreparedDataset
 from sleepstage_cli.errors import InputError, Interrupted, OutputExistsError, SleepstageError
-from sleepstage_cli.features import RunningStats, SpectrogramFrontEnd
+from sleepstage_cli.features import RunningStats
 from sleepstage_cli.fsutil import atomic_open, atomic_write_json, atomic_write_text, check_writable_output
 from sleepstage_cli.interrupts import GracefulStop
 from sleepstage_cli.inference import autocast_for, score_night
@@ -32,6 +32,7 @@ from sleepstage_cli.metrics import agreement, confusion_matrix, scores
 from sleepstage_cli.model import StagingModel
 from sleepstage_cli.modelfile import save_model
 from sleepstage_cli.nets import NETS
+from sleepstage_cli.specache import SpectrogramCache
 from sleepstage_cli.stages import STAGES
 
 DEFAULT_SEQ_LEN = {"seqsleepnet": 20, "deepsleepnet": 20, "e2e-arnn": 1, "multitask-arnn": 1}
@@ -194,19 +195,15 @@ def nights_of(ds: PreparedDataset, subjects: list[str]) -> list[NightRecord]:
     return [n for n in ds.nights if n.subject in wanted]
 
 
-def normalisation_stats(ds: PreparedDataset, nights: list[NightRecord], index: list[int], device: torch.device,
+def normalisation_stats(ds: PreparedDataset, nights: list[NightRecord], cache: SpectrogramCache,
                         chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(channel, frame, bin) mean and std of the training epochs' spectrograms, streamed night by night."""
-    front = SpectrogramFrontEnd().to(device)
     stats = RunningStats()
     for night in nights:
-        rec = ds.open(night)
-        scored = np.nonzero(np.asarray(rec["label"]) >= 0)[0]
+        scored = np.nonzero(np.asarray(ds.open(night)["label"]) >= 0)[0]
+        spectrograms = cache.open(night)
         for s in range(0, scored.size, chunk):
-            sel = scored[s:s + chunk]
-            x = np.asarray(rec["x"][sel][:, index], dtype=np.float32)
-            with torch.no_grad():
-                stats.update(front(torch.from_numpy(x).to(device)).cpu())
+            stats.update(torch.from_numpy(np.asarray(spectrograms[scored[s:s + chunk]])))
     if stats.count == 0:
         raise InputError("the training nights hold no scored epoch", ds.root)
     return stats.finalize()
@@ -329,7 +326,15 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     if not train_nights:
         raise InputError("no training night", ds.root)
 
-    train_set = WindowDataset(ds.root, train_nights, seq_len, index)
+    cache = None
+    if model.input_kind == "spectrogram":
+        cache = SpectrogramCache(ds, index)
+        cb.stage(f"spectrograms of the training nights (cached in {cache.folder})")
+        if is_main:
+            cache.ensure(train_nights, device)
+        _barrier(distributed)
+    train_set = WindowDataset(ds.root, train_nights, seq_len, index,
+                              feature_files=cache.files(train_nights) if cache else None)
     if len(train_set) == 0:
         raise InputError(f"the training nights hold no window of {seq_len} epochs with a scored one", ds.root)
     steps_per_pass = PassBatches(len(train_set), opts.batch_size, opts.seed, 0, 0, rank, world).n_batches()
@@ -354,7 +359,7 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     elif model.input_kind == "spectrogram":
         cb.stage("computing normalisation statistics on the training nights")
         if is_main:
-            mean, std = normalisation_stats(ds, train_nights, index, device)
+            mean, std = normalisation_stats(ds, train_nights, cache)
         else:
             mean = torch.zeros(len(kinds), 29, 129, dtype=torch.float64)
             std = torch.ones(len(kinds), 29, 129, dtype=torch.float64)
@@ -421,7 +426,7 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 with autocast_for(device, amp):
-                    logits = train_module(x)
+                    logits = train_module(x, spectrogram=cache is not None)
                 loss, n_labels = loss_fn(logits, y, aggregation)
                 total = loss + opts.l2 * l2_penalty(model)
                 optimizer.zero_grad(set_to_none=True)
@@ -484,6 +489,8 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
                                                  "training": training, "validation": result_val, "log": log}))
         ckpt_path.unlink(missing_ok=True)
     _barrier(distributed)
+    if cache is not None:
+        cache.close()
     return TrainResult(output=output, steps=step, best_step=best["step"], validation=result_val, log=log,
                        split=split, seconds=time.time() - t_start,
                        last_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})

@@ -16,9 +16,11 @@ import torch
 
 from conftest import assert_clean_error, run_cli
 from sleepstage_cli.dataset import PreparedDataset
+from sleepstage_cli.features import SpectrogramFrontEnd
 from sleepstage_cli.loader import PassBatches, WindowDataset, pass_order
 from sleepstage_cli.model import StagingModel
 from sleepstage_cli.modelfile import load_model
+from sleepstage_cli.specache import SpectrogramCache
 from sleepstage_cli.train import TrainingInterrupted, TrainOptions, evaluate, l2_penalty, subject_split, train_model
 
 
@@ -50,7 +52,7 @@ def test_model_file_is_self_contained_and_reloads_identically(trained) -> None:
     again = evaluate(loaded.model, ds, nights, [0, 1, 2], torch.device("cpu"), amp=False)
     assert again["confusion"] == meta["validation"]["confusion"]
     twice = load_model(trained["model"]).model
-    x = torch.from_numpy(np.asarray(ds.open(nights[0])["x"][:10]))[None]
+    x = torch.from_numpy(np.array(ds.open(nights[0])["x"][:10]))[None]
     with torch.no_grad():
         assert torch.equal(loaded.model(x), twice(x))
 
@@ -81,6 +83,31 @@ def test_windows_stay_within_nights_and_cover_all(trained) -> None:
     np.testing.assert_array_equal(x.numpy(), rec["x"][s:s + 10])
     padded = np.pad(rec["label"], 1, constant_values=-1)
     np.testing.assert_array_equal(y.numpy(), padded[s:s + 12])
+
+
+def test_spectrogram_cache_feeds_the_same_features(trained) -> None:
+    """Training reads cached spectrograms; they equal the front end on the raw window, and the model's
+    output from them equals its output from the raw signal (the path scoring takes)."""
+    ds = PreparedDataset(trained["data"])
+    cache = SpectrogramCache(ds, [0, 2])
+    assert cache.folder.parent == ds.root / "cache"
+    cache.ensure(ds.nights[:2], torch.device("cpu"))
+    stamp = cache.path(ds.nights[0]).stat().st_mtime_ns
+    cache.ensure(ds.nights[:2], torch.device("cpu"))  # already there: not recomputed
+    assert cache.path(ds.nights[0]).stat().st_mtime_ns == stamp
+    raw = WindowDataset(ds.root, ds.nights[:2], 6, [0, 2])
+    spec = WindowDataset(ds.root, ds.nights[:2], 6, [0, 2], feature_files=cache.files(ds.nights[:2]))
+    x_raw, y_raw = raw[7]
+    x_spec, y_spec = spec[7]
+    assert torch.equal(y_raw, y_spec) and x_spec.shape == (6, 2, 29, 129)
+    front = SpectrogramFrontEnd()
+    np.testing.assert_allclose(x_spec.numpy(), front(x_raw).numpy(), atol=1e-4)
+    model = load_model(trained["model"]).model
+    two = StagingModel("seqsleepnet", 2, 6).eval()
+    two.set_normalisation(model.normalizer.mean[[0, 2]], model.normalizer.std[[0, 2]])
+    with torch.no_grad():
+        np.testing.assert_allclose(two(x_spec[None], spectrogram=True).numpy(), two(x_raw[None]).numpy(),
+                                   atol=1e-4)
 
 
 def test_pass_order_and_rank_shares() -> None:

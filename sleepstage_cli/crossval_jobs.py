@@ -18,8 +18,7 @@ import signal
 import sys
 import time
 
-from sleepstage_cli.crossval import (FoldJob, Monitor, RunPlan, StopRelay, fold_done, fold_summary, log_event,
-                                     run_fold)
+from sleepstage_cli.crossval import FoldJob, Monitor, RunPlan, StopRelay, fold_done, fold_summary, log_event, run_fold
 from sleepstage_cli.errors import Interrupted, SleepstageError
 from sleepstage_cli.train import Callbacks
 

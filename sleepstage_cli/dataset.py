@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from sleepstage_cli import __version__
-from sleepstage_cli.errors import InputError, SleepstageError
-from sleepstage_cli.fsutil import atomic_open, atomic_write_json, read_json
 from sleepstage_cli.constants import EPOCH_SAMPLES
 from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
+from sleepstage_cli.errors import InputError, SleepstageError
+from sleepstage_cli.fsutil import atomic_open, atomic_write_json, read_json
 from sleepstage_cli.stages import STAGES
 
 FORMAT = "sleepstage-dataset"

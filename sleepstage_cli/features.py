@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .constants import EPOCH_SAMPLES
+
 WIN_LENGTH = 200
 HOP_LENGTH = 100
 N_FFT = 256

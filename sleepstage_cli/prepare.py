@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepstage_cli.dataset import (MANIFEST, NIGHTS_DIR, exclusive_lock, new_manifest, save_manifest,
-                                    write_night)
+from sleepstage_cli.dataset import MANIFEST, NIGHTS_DIR, exclusive_lock, new_manifest, save_manifest, write_night
 from sleepstage_cli.errors import InputError, SleepstageError
 from sleepstage_cli.fsutil import check_writable_folder, read_json
 from sleepstage_cli.interrupts import GracefulStop, ignore_interrupts

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sleepstage_cli import __version__
+from sleepstage_cli.constants import EPOCH_SECONDS
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.inference import score_night
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
@@ -21,7 +22,6 @@ from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import keep_within_signal, read_hypnogram
 from sleepstage_cli.modelfile import LoadedModel
 from sleepstage_cli.recording import load_conditioned
-from sleepstage_cli.constants import EPOCH_SECONDS
 from sleepstage_cli.stages import STAGES, UNSCORED
 
 UNSCORABLE = 0.5

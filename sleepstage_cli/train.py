@@ -25,10 +25,10 @@ from sleepstage_cli.dataset import NightRecord, PreparedDataset
 from sleepstage_cli.errors import InputError, Interrupted, OutputExistsError, SleepstageError
 from sleepstage_cli.features import RunningStats
 from sleepstage_cli.fsutil import atomic_open, atomic_write_json, atomic_write_text, check_writable_output
-from sleepstage_cli.interrupts import GracefulStop
 from sleepstage_cli.inference import autocast_for, score_night
+from sleepstage_cli.interrupts import GracefulStop
 from sleepstage_cli.loader import PassBatches, WindowDataset
-from sleepstage_cli.metrics import agreement, confusion_matrix, scores
+from sleepstage_cli.metrics import confusion_matrix, scores
 from sleepstage_cli.model import StagingModel
 from sleepstage_cli.modelfile import save_model
 from sleepstage_cli.nets import NETS

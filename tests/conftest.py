@@ -25,7 +25,7 @@ def write_edf(path: Path, signals: dict[str, tuple[np.ndarray, float]], annotati
     writer = pyedflib.EdfWriter(str(path), len(signals), file_type=file_type)
     try:
         headers = []
-        for label, (data, rate) in signals.items():
+        for label, (_data, rate) in signals.items():
             headers.append(dict(label=label, dimension=unit, sample_frequency=rate, physical_min=-prange,
                                 physical_max=prange, digital_min=-32768, digital_max=32767))
         if signals:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_error
+
 from sleepstage_cli.errors import InputError
 
 # Tiny training: 20 steps per fold leave time to kill a run after fold 2's first checkpoint (step 4).

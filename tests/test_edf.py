@@ -6,11 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_edf
+
 from sleepstage_cli.errors import InputError
-from sleepstage_cli.io.channels import (ChannelSpec, build_spec, match_expression, parse_kinds, read_channel_map,
-                                        resolve_channels)
+from sleepstage_cli.io.channels import (
+    ChannelSpec,
+    build_spec,
+    match_expression,
+    parse_kinds,
+    read_channel_map,
+    resolve_channels,
+)
 from sleepstage_cli.io.edf import EdfReader, read_header, unit_to_microvolts
 
 

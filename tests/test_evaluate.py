@@ -8,12 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_cli, write_edf, write_hypnogram_edf
 from sklearn import metrics as skm
 
-from conftest import assert_clean_error, run_cli, write_edf, write_hypnogram_edf
 from sleepstage_cli.errors import InputError, OutputExistsError
-from sleepstage_cli.evaluation import (COUNT_KEYS, OUTPUT_FILES, SUMMARY_KEYS, evaluate_night, evaluate_pairs,
-                                       match_epochs, pair_nights, write_evaluation)
+from sleepstage_cli.evaluation import (
+    COUNT_KEYS,
+    OUTPUT_FILES,
+    SUMMARY_KEYS,
+    evaluate_night,
+    evaluate_pairs,
+    match_epochs,
+    pair_nights,
+    write_evaluation,
+)
 from sleepstage_cli.io.hypnogram import Hypnogram
 from sleepstage_cli.io.layout import pairing_key
 from sleepstage_cli.metrics import agreement, confusion_matrix, scores

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_error, run_cli
+
 from sleepstage_cli.dataset import PreparedDataset
 from sleepstage_cli.io.channels import build_spec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_hypnogram_edf
+
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.hypnogram import keep_within_signal, read_hypnogram, trim_wake
 from sleepstage_cli.stages import UNSCORED, annotation_stage, stage_code

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from sleepstage_cli.model import StagingModel
-from sleepstage_cli.nets import NETS, DeepSleepNet, E2EARNN, MultitaskARNN, SeqSleepNet, build_net
 from sleepstage_cli.features import RunningStats
+from sleepstage_cli.model import StagingModel
+from sleepstage_cli.nets import E2EARNN, NETS, DeepSleepNet, MultitaskARNN, SeqSleepNet, build_net
 from sleepstage_cli.nets.blocks import PositionwiseLinear, TriangularFilterbank, lin_tri_filter_shape
 
 SPECTROGRAM_NETS = ["seqsleepnet", "e2e-arnn", "multitask-arnn"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_cli, write_edf
 from scipy import signal as sps
 
-from conftest import assert_clean_error, run_cli, write_edf
 from sleepstage_cli.dataset import PreparedDataset, exclusive_lock, write_night
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.layout import discover

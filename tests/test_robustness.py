@@ -29,10 +29,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_cli, write_edf, write_hypnogram_edf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_clean_error, run_cli, write_edf, write_hypnogram_edf
 
 RATE = 100
 CHANNELS = ("--eeg", "EEG", "--eog", "EOG", "--emg", "EMG")
@@ -615,7 +614,8 @@ def test_evaluate_folder_given_as_file(tmp_path: Path, evaluation_before) -> Non
     good = write_table(tmp_path / "night1.csv", stage_rows(9))
     folder = tmp_path / "night1-Hypnogram.edf"
     folder.mkdir()
-    clean_error(cli("evaluate", good, folder, "-o", out, "--force"), str(folder), "no reference hypnogram in this folder")
+    clean_error(cli("evaluate", good, folder, "-o", out, "--force"), str(folder),
+                "no reference hypnogram in this folder")
     clean_error(cli("evaluate", folder, good, "-o", out, "--force"), str(folder), "no prediction hypnogram")
     assert_unchanged(before, out)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyedflib
 import pytest
 import torch
-
 from conftest import assert_clean_error, run_cli, write_edf
+
 from sleepstage_cli.inference import score_night
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import read_hypnogram

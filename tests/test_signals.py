@@ -7,8 +7,15 @@ import pytest
 from scipy import signal as sps
 
 from sleepstage_cli.errors import InputError
-from sleepstage_cli.signals import (Conditioning, condition, design_filter, resample, resampling_ratio, standardise,
-                                    zero_phase_fir)
+from sleepstage_cli.signals import (
+    Conditioning,
+    condition,
+    design_filter,
+    resample,
+    resampling_ratio,
+    standardise,
+    zero_phase_fir,
+)
 
 
 def _gain(taps: np.ndarray, rate: float, f: float) -> float:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_error, run_cli
+
 from sleepstage_cli.dataset import PreparedDataset
 from sleepstage_cli.features import SpectrogramFrontEnd
 from sleepstage_cli.loader import PassBatches, WindowDataset, pass_order

@@ -91,8 +91,13 @@ def prepare(
 
     from sleepstage_cli.io.channels import build_spec, parse_kinds, read_channel_map
     from sleepstage_cli.io.layout import DEFAULT_SUBJECT_PATTERN, discover
-    from sleepstage_cli.prepare import (DEFAULT_MIN_HOURS, DEFAULT_TRIM_MINUTES, PrepareOptions, default_jobs,
-                                        run_prepare)
+    from sleepstage_cli.prepare import (
+        DEFAULT_MIN_HOURS,
+        DEFAULT_TRIM_MINUTES,
+        PrepareOptions,
+        default_jobs,
+        run_prepare,
+    )
 
     overrides = dict(read_channel_map(channel_map)) if channel_map else {}
     for kind, value in (("eeg", eeg), ("eog", eog), ("emg", emg)):

@@ -21,8 +21,7 @@ import numpy as np
 
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.edf import EdfHeader, read_annotations, read_header
-from sleepstage_cli.stages import (STAGES, UNSCORED, UnknownStageError, annotation_stage, stage_code,
-                                   stage_code_from_int)
+from sleepstage_cli.stages import STAGES, UNSCORED, UnknownStageError, annotation_stage, stage_code, stage_code_from_int
 
 SUPPORTED_EPOCHS = (30.0, 20.0)
 _TOL = 1e-3  # seconds; annotation times are written with 100-ns to 10-ms resolution

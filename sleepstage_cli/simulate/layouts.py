@@ -19,7 +19,7 @@ import numpy as np
 from sleepstage_cli.fsutil import atomic_write_text
 from sleepstage_cli.simulate.edfwrite import write_annotations
 from sleepstage_cli.simulate.features import Timeline, build_timeline
-from sleepstage_cli.simulate.hypnogram import N1, N2, N3, REM, RK_DEEP_DEPTH, W, Hypnogram
+from sleepstage_cli.simulate.hypnogram import N1, N2, N3, REM, RK_DEEP_DEPTH, Hypnogram, W
 from sleepstage_cli.simulate.montage import ChannelDef, generic_channels, mass_channels, sleep_edf_channels
 from sleepstage_cli.stages import UNSCORED
 

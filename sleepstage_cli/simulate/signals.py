@@ -26,8 +26,15 @@ import scipy.signal
 from sleepstage_cli.simulate import events as ev
 from sleepstage_cli.simulate.features import Timeline
 from sleepstage_cli.simulate.hypnogram import W
-from sleepstage_cli.simulate.noise import (COARSE_RATE, band_shape, place_events, spectral_noise,
-                                           step_envelope, tiled_sinusoid, upsample_linear)
+from sleepstage_cli.simulate.noise import (
+    COARSE_RATE,
+    band_shape,
+    place_events,
+    spectral_noise,
+    step_envelope,
+    tiled_sinusoid,
+    upsample_linear,
+)
 from sleepstage_cli.simulate.subject import SubjectProfile
 
 BRAIN_COMPONENTS = ("delta", "theta", "alpha", "beta", "spindle", "slow", "bg", "blink", "eye", "ecg")

@@ -24,11 +24,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sleepstage_cli import __version__
+from sleepstage_cli.dataset import MANIFEST, PreparedDataset
 from sleepstage_cli.errors import InputError, OutputExistsError, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_text
 from sleepstage_cli.io.edf import read_header
@@ -37,13 +37,6 @@ from sleepstage_cli.io.layout import pairing_key
 from sleepstage_cli.metrics import agreement, scores
 from sleepstage_cli.sleepstats import FIELD_BY_NAME, STAT_FIELDS, sleep_statistics, statistics_agreement
 from sleepstage_cli.stages import N_CLASSES, STAGES
-
-if TYPE_CHECKING:
-    from sleepstage_cli.dataset import PreparedDataset
-
-# sleepstage_cli.dataset.MANIFEST, not imported at the top: dataset.py brings scipy.signal, which a
-# comparison of hypnogram files does not need.
-MANIFEST = "manifest.json"
 
 DEFAULT_TOLERANCE = 1.0
 """Seconds two epoch onsets may differ and still be the same epoch."""
@@ -85,7 +78,7 @@ class Pairing:
     pairs: list[NightPair]
     pred_only: list[str] = field(default_factory=list)
     ref_only: list[str] = field(default_factory=list)
-    dataset: "PreparedDataset | None" = None
+    dataset: PreparedDataset | None = None
 
 
 def _is_signal_edf(path: Path) -> bool:
@@ -170,8 +163,6 @@ def pair_nights(pred: str | Path, ref: str | Path) -> Pairing:
         raise InputError("is a prepared dataset: it can be the reference (REF), not the predictions", pred)
     dataset = None
     if ref.is_dir() and (ref / MANIFEST).exists():
-        from sleepstage_cli.dataset import PreparedDataset
-
         dataset = PreparedDataset(ref)
         if not dataset.nights:
             raise InputError("prepared dataset holds no night", ref)
@@ -201,7 +192,7 @@ def pair_nights(pred: str | Path, ref: str | Path) -> Pairing:
     return Pairing(pairs, pred_only, ref_only, dataset)
 
 
-def dataset_hypnogram(dataset: "PreparedDataset", night_id: str) -> Hypnogram:
+def dataset_hypnogram(dataset: PreparedDataset, night_id: str) -> Hypnogram:
     """The reference hypnogram of one night of a prepared dataset (its labels on its epoch grid).
 
     Its ``source`` is the hypnogram file the night was prepared from (what a user can pass to

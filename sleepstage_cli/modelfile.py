@@ -22,10 +22,11 @@ from sleepstage_cli.errors import InputError
 from sleepstage_cli.fsutil import atomic_open
 from sleepstage_cli.io.channels import ChannelSpec
 from sleepstage_cli.model import StagingModel
+from sleepstage_cli.modelmeta import MODEL_FORMAT
 from sleepstage_cli.signals import Conditioning
 from sleepstage_cli.stages import STAGES
 
-FORMAT = "sleepstage-model"
+FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
 
 

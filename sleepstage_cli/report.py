@@ -21,9 +21,9 @@ import numpy as np
 
 from sleepstage_cli import __version__
 from sleepstage_cli.fsutil import atomic_write_text
-from sleepstage_cli.plots import bland_altman_png, confusion_png, hypnogram_png, runs
 from sleepstage_cli.sleepstats import FIELD_BY_NAME, STAT_FIELDS, sleep_statistics
 from sleepstage_cli.stages import STAGES, stage_name
+from sleepstage_cli.svgplot import hypnogram_svg, runs
 
 _DECIMALS = {"min": 1, "%": 1, "frac": 1, "mean": 1, "coef": 3, "prob": 2, "count": 0, "s": 0}
 MAX_REVIEW_RUNS = 60
@@ -269,9 +269,9 @@ def night_report_html(night: dict) -> str:
     parts = [f"<h1>Sleep staging report: {_e(night_id)}</h1>", '<table class="meta" id="night">',
              "".join(meta), "</table>", _notes(night.get("notes"))]
 
-    png = hypnogram_png(onsets, stages, night.get("probabilities"), raw_flags or None, title=night_id,
+    svg = hypnogram_svg(onsets, stages, night.get("probabilities"), raw_flags or None, title=night_id,
                         start=start, epoch_length=ep)
-    parts += ['<section id="hypnogram"><h2>Hypnogram</h2>', _img(png, f"Hypnogram of {night_id}"),
+    parts += ['<section id="hypnogram"><h2>Hypnogram</h2>', f"<figure>{svg}</figure>",
               '<p class="small">Top: the automatic hypnogram (REM in red); grey: not scored; orange: flagged. '
               "Bottom (when available): the probability of each stage per epoch (hypnodensity).</p></section>"]
 
@@ -356,6 +356,8 @@ def evaluation_report_html(ev: dict) -> str:
     ``confusion_row_total.<i>``, ``confusion_row_pct.<i>.<j>``, ``per_night.<k>.<metric>``,
     ``summary.<metric>.mean|sd``, ``stats_agreement.<FIELD>.<n|mean_ref|mean_pred|bias|sd|loa_low|loa_high|r>``.
     """
+    from sleepstage_cli.plots import bland_altman_png, confusion_png  # matplotlib: only evaluations need it
+
     title = str(ev.get("title") or "Evaluation")
     pooled = ev["pooled"]
     per_night = list(ev.get("per_night") or [])

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy import signal as sps
 
+from sleepstage_cli import dsp
 from sleepstage_cli.constants import EPOCH_SAMPLES, EPOCH_SECONDS  # noqa: F401  (re-exported)
 from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
 from sleepstage_cli.errors import InputError
@@ -64,15 +64,15 @@ def design_filter(kind: str, rate: float, cond: Conditioning = Conditioning()) -
         low, high = cond.band
         numtaps = _numtaps(rate, cond.band_transition)
         if high >= nyquist - cond.band_transition:
-            return sps.firwin(numtaps, low, pass_zero=False, fs=rate, window="hamming")
-        return sps.firwin(numtaps, [low, high], pass_zero=False, fs=rate, window="hamming")
+            return dsp.firwin(numtaps, low, pass_zero=False, fs=rate, window="hamming")
+        return dsp.firwin(numtaps, [low, high], pass_zero=False, fs=rate, window="hamming")
     if kind == "emg":
         half = cond.notch_width / 2.0
         edges = [cond.emg_highpass]
         for f in cond.notches:
             if f + half < nyquist - cond.emg_transition:  # a notch at or past Nyquist is the resampler's job
                 edges += [f - half, f + half]
-        return sps.firwin(_numtaps(rate, cond.emg_transition), edges, pass_zero=False, fs=rate, window="hamming")
+        return dsp.firwin(_numtaps(rate, cond.emg_transition), edges, pass_zero=False, fs=rate, window="hamming")
     raise ValueError(f"unknown channel kind {kind!r}")
 
 
@@ -81,16 +81,7 @@ def zero_phase_fir(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
 
     Works in the dtype of ``x`` (float32 or float64).
     """
-    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
-    x = np.asarray(x, dtype=dtype)
-    half = (len(taps) - 1) // 2
-    if x.shape[0] <= 1:
-        return x.copy()
-    pad = min(half, x.shape[0] - 1)
-    padded = np.pad(x, (pad, pad), mode="reflect", reflect_type="odd")
-    if pad < half:  # very short signal: zeros beyond one reflection
-        padded = np.pad(padded, (half - pad, half - pad))
-    return sps.oaconvolve(padded, taps.astype(dtype), mode="valid")
+    return dsp.fft_filter(x, taps)
 
 
 def resampling_ratio(rate_in: float, rate_out: float = TARGET_RATE) -> tuple[int, int]:
@@ -102,11 +93,9 @@ def resampling_ratio(rate_in: float, rate_out: float = TARGET_RATE) -> tuple[int
 
 
 def resample(x: np.ndarray, rate_in: float, rate_out: float = TARGET_RATE) -> np.ndarray:
-    """Polyphase resampling with scipy's Kaiser-windowed anti-alias filter (in the dtype of ``x``)."""
+    """Polyphase resampling with a Kaiser-windowed anti-alias filter (in the dtype of ``x``)."""
     up, down = resampling_ratio(rate_in, rate_out)
-    if up == down:
-        return np.array(x, copy=True)
-    return sps.resample_poly(x, up, down, padtype="line")
+    return dsp.resample_poly(x, up, down)
 
 
 def condition(x: np.ndarray, rate: float, kind: str, cond: Conditioning = Conditioning()) -> np.ndarray:

@@ -222,12 +222,6 @@ def test_night_keys() -> None:
     assert pairing_key("my night.csv") == pairing_key("my_night")  # a prepared dataset's id of "my night.edf"
 
 
-def test_manifest_name_is_the_dataset_one() -> None:
-    from sleepstage_cli import dataset, evaluation
-
-    assert evaluation.MANIFEST == dataset.MANIFEST
-
-
 def _touch_table(path: Path) -> Path:
     path.write_text("onset,duration,stage\n0,30,W\n")
     return path
@@ -308,11 +302,11 @@ def _small_evaluation():
 def test_write_evaluation_files_columns_and_refusal(tmp_path: Path, monkeypatch) -> None:
     import csv
 
-    from sleepstage_cli import report
+    from sleepstage_cli import plots
 
-    # The figures are report.py's business (tests/test_report.py); drawing them here only costs time.
-    monkeypatch.setattr(report, "confusion_png", lambda *a, **k: b"png")
-    monkeypatch.setattr(report, "bland_altman_png", lambda *a, **k: b"png")
+    # The figures are plots.py's business (tests/test_report.py); drawing them here only costs time.
+    monkeypatch.setattr(plots, "confusion_png", lambda *a, **k: b"png")
+    monkeypatch.setattr(plots, "bland_altman_png", lambda *a, **k: b"png")
     ev = _small_evaluation()
     out = tmp_path / "eval"
     paths = write_evaluation(out, ev)

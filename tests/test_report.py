@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from sleepstage_cli.metrics import agreement
-from sleepstage_cli.plots import bland_altman_png, confusion_png, hypnogram_png
+from sleepstage_cli.plots import bland_altman_png, confusion_png
 from sleepstage_cli.report import (
     MAX_REVIEW_RUNS,
     evaluation_report_html,
@@ -26,6 +27,7 @@ from sleepstage_cli.report import (
 )
 from sleepstage_cli.sleepstats import STAT_FIELDS, sleep_statistics, statistics_agreement
 from sleepstage_cli.stages import STAGES
+from sleepstage_cli.svgplot import hypnogram_svg, runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = '/data/<script>alert("x")</script> & co.edf'
@@ -109,8 +111,18 @@ def check_self_contained(text: str, page: Page) -> None:
         if key in ("src", "href", "srcset", "poster", "data"):
             assert value.startswith("data:image/png;base64,"), (tag, key, value[:40])
     stripped = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    stripped = stripped.replace('xmlns="http://www.w3.org/2000/svg"', "")  # a namespace name, not a fetch
     assert "http" not in stripped.lower() and "url(" not in stripped and 'src="/' not in stripped
     assert "file:" not in stripped and "@import" not in stripped
+
+
+def svgs(html_text: str) -> list[ET.Element]:
+    """The inline SVG figures, parsed as XML (so they are well-formed)."""
+    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", html_text, re.S)]
+
+
+def svg_items(svg: ET.Element, tag: str, cls: str) -> list[ET.Element]:
+    return [e for e in svg.iter(f"{{http://www.w3.org/2000/svg}}{tag}") if e.get("class") == cls]
 
 
 def pngs(page: Page) -> list[bytes]:
@@ -229,8 +241,15 @@ def test_night_review_tables(night: dict, night_html: str) -> None:
 def test_night_images_escaping_and_no_external_resources(night: dict, night_html: str) -> None:
     page = Page(night_html)
     check_self_contained(night_html, page)
-    images = pngs(page)
-    assert len(images) == 1 and len(night_html.encode()) < 1_000_000
+    assert not pngs(page) and len(night_html.encode()) < 1_000_000
+    (svg,) = svgs(night_html)
+    stages = np.asarray(night["stages"])
+    assert len(svg_items(svg, "path", "stages")) == 1
+    assert {e.get("class") for e in svg.iter("{http://www.w3.org/2000/svg}polygon")} == {f"p-{s}" for s in STAGES}
+    assert len(svg_items(svg, "rect", "unscored")) == len(runs(stages < 0))
+    assert len(svg_items(svg, "line", "rem")) == len(runs(stages == 4))
+    flagged = [bool(f) for f in night["flags"]]
+    assert len(svg_items(svg, "rect", "flagged")) == len(runs(np.array(flagged)))
     assert "<script" not in night_html.lower() and "<b>not bold" not in night_html
     text = "".join(page.text)
     assert EVIL in text and 'night <1> "A"' in text and "<b>not bold</b>" in text
@@ -242,7 +261,8 @@ def test_night_without_optional_parts(night: dict) -> None:
     bare = {k: night[k] for k in ("night_id", "source", "onsets", "stages")}
     html_text = night_report_html(bare)  # statistics computed, no probabilities, confidence or flags
     page = Page(html_text)
-    assert "low-confidence" not in page.tables and len(pngs(page)) == 1
+    assert "low-confidence" not in page.tables and len(svgs(html_text)) == 1
+    assert not list(svgs(html_text)[0].iter("{http://www.w3.org/2000/svg}polygon"))  # no hypnodensity
     check_cell(page.field("statistics.TST"), night["statistics"]["TST"])
     # no recording start: times since the start; unscored epochs listed even without a stated reason
     rows = {int(r["attrs"]["data-first"]): r for r in page.rows("flagged")}
@@ -335,16 +355,17 @@ def test_evaluation_stats_agreement_images_and_self_contained(evaluation: dict, 
 
 
 def test_plot_edge_cases() -> None:
-    assert hypnogram_png([], []).startswith(PNG_MAGIC)
-    assert hypnogram_png([0.0], [-1], title="one unscored epoch").startswith(PNG_MAGIC)
+    assert "no epochs" in hypnogram_svg([], [])
+    one = ET.fromstring(hypnogram_svg([0.0], [-1], title="one <unscored> epoch"))
+    assert len(svg_items(one, "rect", "unscored")) == 1 and not svg_items(one, "path", "stages")
     cm = np.zeros((5, 5), dtype=int)
     cm[0, 0] = 3  # stages never seen in the reference leave empty rows
     assert confusion_png(cm).startswith(PNG_MAGIC)
     assert bland_altman_png([1.0], [2.0], "TST", "min").startswith(PNG_MAGIC)
     with pytest.raises(ValueError, match="probabilities"):
-        hypnogram_png([0.0, 30.0], [0, 1], probabilities=np.ones((2, 4)))
+        hypnogram_svg([0.0, 30.0], [0, 1], probabilities=np.ones((2, 4)))
     with pytest.raises(ValueError, match="onsets"):
-        hypnogram_png([0.0], [0, 1])
+        hypnogram_svg([0.0], [0, 1])
 
 
 @pytest.mark.parametrize("value, unit, text", [

@@ -112,3 +112,41 @@ def test_standardise() -> None:
 def test_conditioning_round_trip() -> None:
     c = Conditioning()
     assert Conditioning.from_dict(c.to_dict()) == c
+
+
+# ---------------------------------------------------------------- numpy DSP against scipy.signal
+
+@pytest.mark.parametrize("numtaps, cutoff, pass_zero, fs, window", [
+    (1101, [0.3, 40.0], False, 100.0, "hamming"),
+    (845, [10.0, 49.0, 51.0, 59.0, 61.0], False, 256.0, "hamming"),
+    (2817, 0.3, False, 256.0, "hamming"),
+    (101, 20.0, True, 100.0, "hamming"),
+    (1281, 1 / 64, True, 2.0, ("kaiser", 5.0)),
+])
+def test_firwin_matches_scipy(numtaps, cutoff, pass_zero, fs, window) -> None:
+    from sleepstage_cli import dsp
+
+    ours = dsp.firwin(numtaps, cutoff, pass_zero=pass_zero, fs=fs, window=window)
+    np.testing.assert_allclose(ours, sps.firwin(numtaps, cutoff, pass_zero=pass_zero, fs=fs, window=window),
+                               atol=1e-15)
+
+
+def test_fft_filter_matches_direct_convolution() -> None:
+    from sleepstage_cli import dsp
+
+    x = np.random.default_rng(3).normal(size=50_000)
+    taps = sps.firwin(1101, [0.3, 40.0], pass_zero=False, fs=100.0)
+    padded = np.pad(x, 550, mode="reflect", reflect_type="odd")
+    np.testing.assert_allclose(dsp.fft_filter(x, taps), np.convolve(padded, taps, mode="valid"), atol=1e-10)
+    assert dsp.fft_filter(x.astype(np.float32), taps).dtype == np.float32
+
+
+@pytest.mark.parametrize("up, down", [(25, 64), (1, 2), (25, 32), (5, 16), (2, 1)])
+def test_resample_poly_matches_scipy_inside(up: int, down: int) -> None:
+    from sleepstage_cli import dsp
+
+    x = np.random.default_rng(4).normal(size=40_000)
+    ours, ref = dsp.resample_poly(x, up, down), sps.resample_poly(x, up, down)
+    assert ours.shape == ref.shape
+    edge = 20 * max(up, down) // down + 5  # the ends differ only by how the signal is padded
+    np.testing.assert_allclose(ours[edge:-edge], ref[edge:-edge], atol=1e-10)

@@ -119,9 +119,10 @@ def score(
     aggregation over all overlapping sequences. Flat or missing stretches are marked, never silently scored.
     """
     from sleepstage_cli.fsutil import check_writable_output
+    from sleepstage_cli.io.channels import ChannelSpec
     from sleepstage_cli.io.layout import night_key
-    from sleepstage_cli.modelfile import load_model
-    from sleepstage_cli.train import resolve_device
+    from sleepstage_cli.modelmeta import peek_metadata
+    from sleepstage_cli.signals import Conditioning
 
     fmt = {f.strip().lower() for f in formats.split(",") if f.strip()}
     if not fmt or fmt - set(FORMATS):
@@ -159,38 +160,57 @@ def score(
     if kept:
         con.info(f"{len(kept)} night(s) already scored in {output} with this model are kept")
 
-    dev = resolve_device(device)
-    loaded = load_model(model_path, dev)
-    con.info(f"model {model_path}: {loaded.meta['architecture']['net']}, channels {', '.join(loaded.kinds)}; "
-             f"device {dev}")
+    from sleepstage_cli.interrupts import GracefulStop
+    from sleepstage_cli.scoring import ReadAhead, spec_with_overrides
+
+    # The model's channel spec and filters, read without torch when possible: the first night is then
+    # read and conditioned in a worker process while torch loads the model here.
+    loaded, spec, cond = None, None, None
+    meta = peek_metadata(model_path)
+    try:
+        spec, cond = ChannelSpec.from_dict(meta["channel_spec"]), Conditioning.from_dict(meta["conditioning"])
+    except (TypeError, KeyError, ValueError):
+        from sleepstage_cli.modelfile import load_model
+
+        loaded = load_model(model_path)  # it says what is wrong with the file
+        spec, cond = loaded.channel_spec, loaded.conditioning
+    spec = spec_with_overrides(spec, overrides)
     if summary_path is not None:
         output.mkdir(parents=True, exist_ok=True)
 
-    from sleepstage_cli.interrupts import GracefulStop
-
     rows, failures = [], []
-    with con.progress() as bar, GracefulStop("scoring") as stop:
-        task = bar.add_task("scoring nights", total=len(plan))
-        for path, targets in plan.items():
-            if stop.requested:
-                break
-            try:
-                rows.append(_score_one(path, targets, loaded, overrides, dev, epochs_from, attention,
-                                       low_confidence, batch_size))
-            except SleepstageError as exc:
-                if STATE.debug:
-                    raise
-                failures.append(str(exc))
-                con.warn(f"not scored: {exc}")
-            bar.advance(task)
+    with ReadAhead(list(plan), spec, cond, epochs_from) as nights_read:
+        from sleepstage_cli.modelfile import load_model
+        from sleepstage_cli.train import resolve_device
+
+        dev = resolve_device(device)
+        if loaded is None:
+            loaded = load_model(model_path, dev)
+        else:
+            loaded.model.to(dev)
+        con.info(f"model {model_path}: {loaded.meta['architecture']['net']}, channels {', '.join(loaded.kinds)}; "
+                 f"device {dev}")
+        with con.progress() as bar, GracefulStop("scoring") as stop:
+            task = bar.add_task("scoring nights", total=len(plan))
+            for path, night in nights_read:
+                if stop.requested:
+                    break
+                try:
+                    if isinstance(night, SleepstageError):
+                        raise night
+                    rows.append(_score_one(night, plan[path], loaded, dev, attention, low_confidence, batch_size))
+                except SleepstageError as exc:
+                    if STATE.debug:
+                        raise
+                    failures.append(str(exc))
+                    con.warn(f"not scored: {exc}")
+                bar.advance(task)
     if rows:
         _print_summary(rows)
         if summary_path is not None:
-            import pandas as pd
+            from sleepstage_cli.io.export import write_rows
 
-            from sleepstage_cli.fsutil import atomic_write_text
-
-            atomic_write_text(summary_path, pd.DataFrame(kept + rows).to_csv(index=False))
+            write_rows(summary_path, kept + rows, columns=list(rows[0]))
             con.info(f"summary: {summary_path}")
     if stop.requested and len(rows) + len(failures) < len(plan):
         raise Interrupted(f"interrupted after {len(kept) + len(rows)} of {n_nights} nights; the finished ones are "
@@ -204,11 +224,11 @@ def score(
 def _finished(summary_path: Path, plan: dict[Path, Targets], model_path: Path) -> list[dict]:
     """Take out of ``plan`` the nights an interrupted run of this command scored: in its summary.csv with
     the same recording and model, every output there. Returns their summary rows (kept as they are)."""
-    import pandas as pd
+    from sleepstage_cli.io.export import read_rows
 
     try:
-        done = {(r.get("source"), r.get("model")): r for r in pd.read_csv(summary_path).to_dict("records")}
-    except Exception:  # no summary, or not ours: nothing counts as finished
+        done = {(r.get("source"), r.get("model")): r for r in read_rows(summary_path)}
+    except (OSError, ValueError, UnicodeDecodeError):  # no summary, or not ours: nothing counts as finished
         return []
     kept = []
     for path, targets in list(plan.items()):
@@ -219,18 +239,16 @@ def _finished(summary_path: Path, plan: dict[Path, Targets], model_path: Path) -
     return kept
 
 
-def _score_one(path: Path, targets: Targets, loaded, overrides, device, epochs_from, attention, low_conf,
-               batch_size) -> dict:
+def _score_one(read, targets: Targets, loaded, device, attention, low_conf, batch_size) -> dict:
     import numpy as np
 
     from sleepstage_cli.io import export
-    from sleepstage_cli.io.layout import night_key
     from sleepstage_cli.report import night_report_html, write_report
-    from sleepstage_cli.scoring import provenance, score_recording, stage_names
+    from sleepstage_cli.scoring import provenance, score_read_night, stage_names
     from sleepstage_cli.sleepstats import sleep_statistics
 
-    night = score_recording(path, loaded, night_key(path), overrides, device, epochs_from, attention,
-                            batch_size=batch_size)
+    path = read.source
+    night = score_read_night(read, loaded, device, attention, batch_size=batch_size)
     names = stage_names(night.stages)
     table = export.hypnogram_table(night.onsets, names, night.probabilities, night.confidence, night.flags)
     export.write_csv(targets.csv, table)

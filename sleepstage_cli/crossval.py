@@ -113,21 +113,12 @@ class CrossvalResult:
 # --------------------------------------------------------------------------- planning and the run folder
 
 def check_options(ds: PreparedDataset, opts: TrainOptions, devices: list[str]) -> None:
-    """Refuse bad training options before the run folder is touched (train_model checks them again)."""
-    from sleepstage_cli.nets import NETS
-    from sleepstage_cli.train import channel_index, resolve_device
+    """Refuse bad training options and devices before the run folder is touched."""
+    from sleepstage_cli import train
 
-    if opts.net not in NETS:
-        raise InputError(f"unknown model {opts.net!r}; choose one of {', '.join(NETS)}")
-    if opts.epochs < 1 or opts.batch_size < 1 or opts.eval_every < 1:
-        raise InputError("--epochs, --batch-size and --eval-every must be at least 1")
-    if not (opts.lr > 0) or opts.l2 < 0:
-        raise InputError("--lr must be positive and --l2 not negative")
-    if opts.resolved_seq_len() < 1:
-        raise InputError("--seq-len must be at least 1")
-    channel_index(ds, opts.channels)
+    train.check_options(ds, opts)
     for d in devices or [opts.device]:
-        resolve_device(d)
+        train.resolve_device(d)
 
 
 def plan_run(dataset: str | Path, run_dir: str | Path, opts: TrainOptions, folds: int = 20,

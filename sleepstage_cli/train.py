@@ -178,6 +178,19 @@ def l2_penalty(model: StagingModel) -> torch.Tensor:
     return sum((p.float() ** 2).sum() for p in model.regularised_parameters()) / 2.0
 
 
+def check_options(ds: PreparedDataset, opts: TrainOptions) -> tuple[tuple[str, ...], list[int]]:
+    """Refuse bad training options (before anything is written); returns the channels used and their index."""
+    if opts.net not in NETS:
+        raise InputError(f"unknown model {opts.net!r}; choose one of {', '.join(NETS)}")
+    if opts.epochs < 1 or opts.batch_size < 1 or opts.eval_every < 1:
+        raise InputError("--epochs, --batch-size and --eval-every must be at least 1")
+    if not (opts.lr > 0) or opts.l2 < 0:
+        raise InputError("--lr must be positive and --l2 not negative")
+    if opts.resolved_seq_len() < 1:
+        raise InputError("--seq-len must be at least 1")
+    return channel_index(ds, opts.channels)
+
+
 def channel_index(ds: PreparedDataset, kinds: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[int]]:
     """Which of the dataset's channels a model uses (all of them by default)."""
     have = ds.channels
@@ -265,16 +278,8 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     t_start = time.time()
     output = Path(output)
     ds = PreparedDataset(dataset)
-    if opts.net not in NETS:
-        raise InputError(f"unknown model {opts.net!r}; choose one of {', '.join(NETS)}")
-    if opts.epochs < 1 or opts.batch_size < 1 or opts.eval_every < 1:
-        raise InputError("--epochs, --batch-size and --eval-every must be at least 1")
-    if not (opts.lr > 0) or opts.l2 < 0:
-        raise InputError("--lr must be positive and --l2 not negative")
-    kinds, index = channel_index(ds, opts.channels)
+    kinds, index = check_options(ds, opts)
     seq_len = opts.resolved_seq_len()
-    if seq_len < 1:
-        raise InputError("--seq-len must be at least 1")
     if split is None:
         split = subject_split(ds, val_subjects, val_fraction, opts.seed, exclude_subjects)
     train_nights, val_nights = nights_of(ds, split.train), nights_of(ds, split.val)

@@ -14,7 +14,26 @@ from rich.table import Table
 
 from sleepstage_cli import console as con
 from sleepstage_cli.app import app, command
-from sleepstage_cli.commands.train import ProgressCallbacks, train_options
+from sleepstage_cli.commands.train import (
+    AmpOpt,
+    BatchSizeOpt,
+    ChannelsOpt,
+    DeviceOpt,
+    DropoutOpt,
+    EpochsOpt,
+    EvalEveryOpt,
+    L2Opt,
+    LrOpt,
+    MaxStepsOpt,
+    ModelOpt,
+    OutputLayerOpt,
+    ProgressCallbacks,
+    RnnOpt,
+    SeedOpt,
+    SeqLenOpt,
+    WorkersOpt,
+    train_options,
+)
 from sleepstage_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -283,30 +302,22 @@ def crossval(
                                                    "cuda:1); overrides --device.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over: delete an earlier run's results in the run "
                                         "folder.")] = False,
-    model: Annotated[str, typer.Option("--model", help="seqsleepnet, e2e-arnn, multitask-arnn or deepsleepnet.")]
-    = "seqsleepnet",
-    channels: Annotated[Optional[str], typer.Option(help="Channels to use, e.g. eeg,eog (default: all the "
-                                                    "dataset holds).", show_default=False)] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Epochs per sequence L (default: 20; 1 for the "
-                                                   "epoch-wise ARNNs).", show_default=False)] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
-    l2: Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")] = 1e-3,
-    eval_every: Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = True,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, "
-                                                   "up to 4 on GPU).", show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop each fold's training after this many steps "
-                                                     "(quick runs).", show_default=False)] = None,
-    rnn: Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (paper) or lstm (released code).",
-                                               show_default=False)] = None,
-    output_layer: Annotated[Optional[str], typer.Option(help="seqsleepnet output: per-position (default) or "
-                                                        "shared.", show_default=False)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate (default: the network's).",
-                                                     show_default=False)] = None,
+    model: ModelOpt = "seqsleepnet",
+    channels: ChannelsOpt = None,
+    seq_len: SeqLenOpt = None,
+    epochs: EpochsOpt = 10,
+    batch_size: BatchSizeOpt = 32,
+    lr: LrOpt = 1e-4,
+    l2: L2Opt = 1e-3,
+    eval_every: EvalEveryOpt = 100,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    workers: WorkersOpt = None,
+    max_steps: MaxStepsOpt = None,
+    rnn: RnnOpt = None,
+    output_layer: OutputLayerOpt = None,
+    dropout: DropoutOpt = None,
 ) -> None:
     """Subject-wise cross-validation: train a model per fold, score its test subjects, pool the metrics.
 

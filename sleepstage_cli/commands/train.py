@@ -27,6 +27,32 @@ _EXAMPLE = """Examples:
 """
 
 
+# The training options, declared once: `sleepstage crossval` accepts exactly these and passes them on.
+ModelOpt = Annotated[str, typer.Option("--model", help="seqsleepnet, e2e-arnn, multitask-arnn or deepsleepnet.")]
+ChannelsOpt = Annotated[Optional[str], typer.Option(help="Channels to use, e.g. eeg,eog (default: all the dataset "
+                                                    "holds).", show_default=False)]
+SeqLenOpt = Annotated[Optional[int], typer.Option(help="Epochs per sequence L (default: 20; 1 for the epoch-wise "
+                                                  "ARNNs).", show_default=False)]
+EpochsOpt = Annotated[int, typer.Option(help="Passes over the training windows.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
+LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
+L2Opt = Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")]
+EvalEveryOpt = Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, up to 4 "
+                                                   "on GPU).", show_default=False)]
+MaxStepsOpt = Annotated[Optional[int], typer.Option(help="Stop training after this many steps (quick runs).",
+                                                    show_default=False)]
+RnnOpt = Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (paper) or lstm (released code).",
+                                               show_default=False)]
+OutputLayerOpt = Annotated[Optional[str], typer.Option(help="seqsleepnet output: per-position (default) or shared.",
+                                                       show_default=False)]
+DropoutOpt = Annotated[Optional[float], typer.Option(help="Dropout rate (default: the network's).",
+                                                     show_default=False)]
+
+
 def train_options(model: str, channels: Optional[str], seq_len: Optional[int], epochs: int, batch_size: int,
                   lr: float, l2: float, eval_every: int, seed: int, device: str, amp: bool, workers: Optional[int],
                   max_steps: Optional[int], rnn: Optional[str], output_layer: Optional[str],
@@ -111,34 +137,26 @@ class ProgressCallbacks:
 def train(
     dataset: Annotated[Path, typer.Argument(help="A prepared dataset folder (from 'sleepstage prepare').")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model file to write.")] = Path("model.pt"),
-    model: Annotated[str, typer.Option("--model", help="seqsleepnet, e2e-arnn, multitask-arnn or deepsleepnet.")]
-    = "seqsleepnet",
-    channels: Annotated[Optional[str], typer.Option(help="Channels to use, e.g. eeg,eog (default: all the "
-                                                    "dataset holds).", show_default=False)] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Epochs per sequence L (default: 20; 1 for the "
-                                                   "epoch-wise ARNNs).", show_default=False)] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
-    l2: Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")] = 1e-3,
+    model: ModelOpt = "seqsleepnet",
+    channels: ChannelsOpt = None,
+    seq_len: SeqLenOpt = None,
+    epochs: EpochsOpt = 10,
+    batch_size: BatchSizeOpt = 32,
+    lr: LrOpt = 1e-4,
+    l2: L2Opt = 1e-3,
     val_subjects: Annotated[Optional[str], typer.Option(help="Comma-separated validation subjects.",
                                                         show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of subjects held out for validation when "
                                                 "--val-subjects is not given (0: none, keep the last weights).")] = 0.1,
-    eval_every: Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = True,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, "
-                                                   "up to 4 on GPU).", show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (quick runs).",
-                                                     show_default=False)] = None,
-    rnn: Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (paper) or lstm (released code).",
-                                               show_default=False)] = None,
-    output_layer: Annotated[Optional[str], typer.Option(help="seqsleepnet output: per-position (default) or "
-                                                        "shared.", show_default=False)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate (default: the network's).",
-                                                     show_default=False)] = None,
+    eval_every: EvalEveryOpt = 100,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    workers: WorkersOpt = None,
+    max_steps: MaxStepsOpt = None,
+    rnn: RnnOpt = None,
+    output_layer: OutputLayerOpt = None,
+    dropout: DropoutOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")]
     = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file or checkpoint.")] = False,

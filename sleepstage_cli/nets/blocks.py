@@ -169,6 +169,17 @@ class EpochEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.attention(self.rnn(self.filterbank(x)))
 
+    def encode_sequences(
+        self, x: torch.Tensor, owner: str, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Epoch vectors ``(B, L, 2*hidden)`` (and attention weights ``(B, L, T)``) from ``(B, L, C, T, F)``;
+        every epoch is encoded on its own. ``owner`` names the network in shape errors."""
+        check_input(x, (self.filterbank.n_channels, "frames", self.filterbank.n_bins), owner)
+        b, l = x.shape[:2]
+        z, alpha = self(x.reshape(b * l, *x.shape[2:]))
+        z, alpha = z.reshape(b, l, -1), alpha.reshape(b, l, -1)
+        return (z, alpha) if return_attention else z
+
 
 class PositionwiseLinear(nn.Module):
     """A separate ``Linear(in, out)`` for each of ``n_positions`` sequence positions: ``(B, P, in) -> (B, P, out)``.

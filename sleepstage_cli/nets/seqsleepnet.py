@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import BiRNN, EpochEncoder, PositionwiseLinear, StagingNet, check_input
+from .blocks import BiRNN, EpochEncoder, PositionwiseLinear, StagingNet
 
 OUTPUTS = ("per-position", "shared")
 
@@ -80,11 +80,7 @@ class SeqSleepNet(StagingNet):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Epoch vectors ``(B, L, 2*hidden)`` (and attention weights ``(B, L, T)``) from ``(B, L, C, T, F)``."""
-        check_input(x, (self.n_channels, "frames", self.encoder.filterbank.n_bins), type(self).__name__)
-        b, l = x.shape[:2]
-        z, alpha = self.encoder(x.reshape(b * l, *x.shape[2:]))
-        z, alpha = z.reshape(b, l, -1), alpha.reshape(b, l, -1)
-        return (z, alpha) if return_attention else z
+        return self.encoder.encode_sequences(x, type(self).__name__, return_attention)
 
     def classify_sequence(self, z: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, L, n_classes)`` from epoch vectors ``(B, L, 2*hidden)``."""

@@ -1,4 +1,4 @@
-"""The fixed geometry of the method (SPEC.md): 30-s epochs at 100 Hz."""
+"""The fixed geometry of the method (SeqSleepNet, Phan et al. 2019): 30-s epochs at 100 Hz."""
 
 SAMPLING_RATE = 100.0
 """Hz; every channel is resampled to it."""

@@ -1,4 +1,4 @@
-"""Subject-wise cross-validation (SPEC.md's protocol): folds, per-fold training and scoring, pooled metrics.
+"""Subject-wise cross-validation (the paper's protocol): folds, per-fold training and scoring, pooled metrics.
 
 A run folder (RUN) holds::
 

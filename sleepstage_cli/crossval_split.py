@@ -4,7 +4,7 @@ Every subject is tested in exactly one fold (a split file may leave some unteste
 reported); within a fold the validation subjects (model selection) and the training subjects are
 drawn from the others, so the nights of one subject are never on two sides.
 
-SeqSleepNet's MASS SS3 protocol (SPEC.md): 20 folds over 62 subjects (3 or 4 test subjects each)
+SeqSleepNet's MASS SS3 protocol (Phan et al. 2019): 20 folds over 62 subjects (3 or 4 test subjects each)
 and a few of the remaining subjects for validation; the original setup holds out 4, our default. On
 small datasets the default shrinks to a tenth of the non-test subjects (at least 1), so that most
 subjects still train.

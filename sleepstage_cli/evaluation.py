@@ -6,7 +6,7 @@ Each step is usable alone (``sleepstage crossval`` starts at :func:`evaluate_pai
    prepared dataset as the reference) by :func:`~sleepstage_cli.io.layout.pairing_key`.
 2. :func:`match_epochs` lines up the epochs of one pair by onset time within a tolerance, not by
    position, so a prediction that starts later or skips epochs is still compared epoch for epoch.
-3. :func:`evaluate_pairs` computes the SPEC.md metrics pooled over every matched epoch of every
+3. :func:`evaluate_pairs` computes the paper's metrics pooled over every matched epoch of every
    night and per night (mean and SD over nights), and the agreement of sleep statistics;
    :func:`write_evaluation` writes them out.
 
@@ -412,7 +412,7 @@ class Evaluation:
 
 
 def pooled_scores(nights: Iterable[NightResult]) -> dict:
-    """SPEC.md figures over all matched epochs of all nights (the summed confusion matrices)."""
+    """The paper's figures over all matched epochs of all nights (the summed confusion matrices)."""
     cm = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
     for n in nights:
         cm += np.asarray(n.metrics["confusion"], dtype=np.int64)

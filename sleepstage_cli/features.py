@@ -1,6 +1,6 @@
 """Torch front end: 30-s epochs -> log-magnitude spectrograms (29 frames x 129 bins), and their z-scoring.
 
-The spectrogram follows SPEC.md and the original MATLAB ``spectrogram(x, hamming(200), 100, 256)``:
+The spectrogram follows the paper and the original MATLAB ``spectrogram(x, hamming(200), 100, 256)``:
 frames of 200 samples (2 s at 100 Hz) every 100 samples, symmetric Hamming window, each windowed frame
 zero-padded to 256 points, one-sided FFT (129 bins, 0-50 Hz), magnitude in dB. Frames never cross the
 border of an epoch. Normalisation statistics (mean and std of every (channel, frame, bin) cell over the
@@ -38,7 +38,7 @@ class SpectrogramFrontEnd(nn.Module):
     n_samples : int
         Samples per epoch (3000 = 30 s at 100 Hz).
     win_length, hop_length, n_fft : int
-        Frame length, hop and FFT length in samples (200, 100, 256 as in SPEC.md).
+        Frame length, hop and FFT length in samples (200, 100, 256 as in the paper).
     mag_floor : float
         Magnitude floor applied before ``20*log10`` (see :data:`MAG_FLOOR`).
 

@@ -1,4 +1,4 @@
-"""Scoring a night with test-time aggregation (SPEC.md), encoding every epoch only once.
+"""Scoring a night with the paper's test-time aggregation, encoding every epoch only once.
 
 For sequence networks every epoch t is covered by up to L windows of L consecutive epochs (stride 1);
 its score is the sum of the log-probabilities from all of them and its stage the argmax. The epoch

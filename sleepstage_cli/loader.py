@@ -1,6 +1,6 @@
 """Training samples from a prepared dataset: every window of L consecutive epochs of one night.
 
-Windows never cross nights (SPEC.md), are read from the memory-mapped night files on demand, and come
+Windows never cross nights (as in the paper), are read from the memory-mapped night files on demand, and come
 with the labels of one extra epoch on each side (UNSCORED at a night's borders), which the multitask
 network trains on. The window order of each pass is a permutation fixed by (seed, pass), so a resumed
 run continues exactly where it stopped and every rank of a distributed run agrees on it.

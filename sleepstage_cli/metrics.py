@@ -1,4 +1,5 @@
-"""Agreement metrics (SPEC.md): confusion matrix, accuracy, Cohen's kappa, macro-F1, per-class figures.
+"""Agreement metrics as the SeqSleepNet paper reports them: confusion matrix, accuracy, Cohen's kappa,
+macro-F1, per-class figures.
 
 Conventions: rows of the confusion matrix are the reference, columns the prediction; unscored epochs
 (code < 0 in either) never count. Per-class F1 is 2TP / (2TP + FP + FN); a class absent from both
@@ -32,7 +33,7 @@ def _div(a: float, b: float) -> float:
 
 
 def scores(cm: np.ndarray) -> dict:
-    """Every figure SPEC.md reports, from a confusion matrix.
+    """Every figure the paper reports, from a confusion matrix.
 
     Returns a dict with ``n``, ``accuracy``, ``kappa``, ``macro_f1``, ``mean_sensitivity``,
     ``mean_specificity`` and ``per_class`` (name -> support, sensitivity, specificity, precision, f1).

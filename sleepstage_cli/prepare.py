@@ -114,7 +114,7 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
     hyp = read_hypnogram(src.hypnogram, epoch_length=opts.epoch_length)
     hyp = _align(hyp, src.hypnogram, src.psg, header.start)
     result.warnings.extend(f"{src.hypnogram.name}: {n}" for n in hyp.notes)
-    # R&K 20-s epochs are widened to 30 s with 5 s of context each side (SPEC.md / DATASETS.md).
+    # R&K 20-s epochs are widened to 30 s with 5 s of context each side (as the original method does).
     window_offset = -(EPOCH_SECONDS - hyp.epoch_length) / 2.0
     kept, before, after = keep_within_signal(hyp, header.duration, window_offset, EPOCH_SECONDS)
     if after:

@@ -1,5 +1,5 @@
-"""Signal conditioning (SPEC.md / DATASETS.md): zero-phase FIR filters, polyphase resampling to 100 Hz,
-per-night standardisation.
+"""Signal conditioning as SeqSleepNet's preprocessing describes it: zero-phase FIR filters, polyphase
+resampling to 100 Hz, per-night standardisation.
 
 EEG and EOG are band-passed 0.3-40 Hz; EMG is high-passed at 10 Hz with notches at 50 and 60 Hz.
 Cut-offs are the -6 dB points of windowed-sinc (Hamming) FIR filters, applied forwards with their

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 STAGES: tuple[str, ...] = ("W", "N1", "N2", "N3", "REM")
-"""Class names in network order (SPEC.md: W, N1, N2, N3, REM)."""
+"""Class names in network order (as the paper orders them: W, N1, N2, N3, REM)."""
 
 UNSCORED = -1
 """Code of an epoch that keeps its place in time but is never trained on or scored

@@ -1,4 +1,4 @@
-"""Training (SPEC.md): Adam, cross-entropy summed over the batch and averaged over the L positions,
+"""Training as in the paper: Adam, cross-entropy summed over the batch and averaged over the L positions,
 L2 on every weight but the filterbanks, stride-1 windows shuffled each pass, validation on held-out
 subjects every N steps keeping the best checkpoint; resumable; data-parallel under torchrun.
 """

@@ -57,6 +57,22 @@ def test_model_file_is_self_contained_and_reloads_identically(trained) -> None:
         assert torch.equal(loaded.model(x), twice(x))
 
 
+def test_newer_model_and_dataset_formats_are_refused(trained, tmp_path: Path) -> None:
+    payload = torch.load(trained["model"], weights_only=True)
+    payload["format_version"] = 99
+    payload["sleepstage_version"] = "9.0"
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    assert_clean_error(run_cli("score", trained["held_out"], "-o", tmp_path / "x.csv", "--model", newer),
+                       "newer.pt", "format version 99 is newer", "sleepstage 9.0", "upgrade")
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = json.loads((trained["data"] / "manifest.json").read_text())
+    manifest["format_version"] = 7
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert_clean_error(run_cli("train", data, "-o", tmp_path / "m.pt"), "format version 7 is newer", "upgrade")
+
+
 def test_training_log_beside_the_model(trained) -> None:
     log_csv = trained["model"].with_name("model.train.csv")
     log_json = trained["model"].with_name("model.train.json")

@@ -1,4 +1,4 @@
-"""``sleepstage crossval``: subject-wise cross-validation with train's options, pooled as SPEC.md reports it."""
+"""``sleepstage crossval``: subject-wise cross-validation with train's options, pooled as the paper reports it."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 _EXAMPLE = """Examples:
 
-  sleepstage crossval ss3-data/ --folds 20 -o run/          (SPEC.md's protocol on MASS SS3)
+  sleepstage crossval ss3-data/ --folds 20 -o run/          (the paper's protocol on MASS SS3)
 
   sleepstage crossval ss3-data/ --folds 20 -o run/          (again after a crash or Ctrl-C: resumes)
 

@@ -52,7 +52,7 @@ def evaluate(
     Nights are paired by name (extensions and suffixes such as -PSG, -Hypnogram, Base, _sleepscoring
     ignored; Sleep-EDF by the first 6 characters, MASS by the subject code) and epochs by onset time,
     so a prediction that starts later or skips epochs is still compared epoch for epoch. Unscored
-    epochs in either never count. Metrics are pooled over all epochs (as SPEC.md reports them) and
+    epochs in either never count. Metrics are pooled over all epochs (as the SeqSleepNet paper reports them) and
     given per night with mean and SD over nights.
     """
     from sleepstage_cli.errors import OutputExistsError

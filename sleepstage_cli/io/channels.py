@@ -25,7 +25,7 @@ MIN_RATE = 100.0
 """Staging needs 0-50 Hz spectrograms at 100 Hz: no signal sampled slower can be used."""
 
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
-    # DATASETS.md: C4-A1 when A1 exists, else C3-A2, else plain C4-LER; EOG right - left;
+    # As the original MASS preprocessing: C4-A1 when A1 exists, else C3-A2, else plain C4-LER; EOG right - left;
     # EMG Chin1 - Chin2 or the single chin channel there is.
     "mass": {
         "eeg": ("EEG C4-CLE - EEG A1-CLE", "EEG C4-LER - EEG A1-LER", "EEG C3-CLE - EEG A2-CLE",

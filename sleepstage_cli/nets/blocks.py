@@ -211,7 +211,7 @@ _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 def l2_parameters(net: nn.Module) -> Iterator[nn.Parameter]:
     """Parameters that take L2 regularisation: weights only.
 
-    SPEC.md exempts the filterbanks. We also exempt biases (names starting with ``bias``, including the RNNs'
+    The paper exempts the filterbanks. We also exempt biases (names starting with ``bias``, including the RNNs'
     ``bias_ih``/``bias_hh``) and normalisation layers' affine parameters: penalising them does not limit
     model capacity and only pulls activations towards zero/unit scale. (The released code penalised biases
     too; with lambda = 1e-3 the difference is small.)
@@ -246,7 +246,7 @@ class StagingNet(nn.Module):
     input_kind: str = "spectrogram"
     has_attention: bool = False
     aggregation: str = "sequence"
-    """How scoring combines outputs (SPEC.md, test-time aggregation): "sequence" sums the log-probabilities
+    """How scoring combines outputs (the paper's test-time aggregation): "sequence" sums the log-probabilities
     of every L-epoch window covering an epoch, "epoch" takes each epoch's own output, "neighbours" sums
     the three predictions an epoch receives (from itself and its two neighbours)."""
     hparams: dict

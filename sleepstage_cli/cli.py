@@ -38,6 +38,10 @@ def _exit(code: object) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # OpenMP threads that spin while waiting slow torch 10-60x when another process holds a core of a
+    # small machine (benchmarks/RESULTS.md, "Load"); passive waiting costs nothing when the machine is
+    # idle. It must be set before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
     except KeyboardInterrupt:  # raised outside a command (e.g. while importing)

@@ -45,18 +45,26 @@ def has_flag(entry: object) -> bool:
     return any(str(e).strip() for e in entry)  # type: ignore[union-attr]
 
 
+_TICK_STEPS_S = (300, 600, 900, 1800, 3600, 7200, 10800, 21600)
+
+
 def _ticks(span_s: float, start: datetime | None) -> list[tuple[float, str]]:
-    """(seconds from start, label) pairs: whole clock hours, or hours since the start."""
-    step = 3600.0 * (1 if span_s <= 12 * 3600 else 2)
+    """(seconds from start, label) pairs, about a dozen at most and at round times: clock times (``HH:MM``) when the
+    start is known, else time since the start (``h:mm``). A nap gets ticks every few minutes, a night hourly."""
+    step = next((s for s in _TICK_STEPS_S if span_s / s <= 12), _TICK_STEPS_S[-1])
     if start is None:
-        n = int(span_s // step)
-        return [(k * step, f"{k * step / 3600:g} h") for k in range(n + 1)]
-    first = -(start.minute * 60 + start.second + start.microsecond / 1e6)
+        first = 0.0
+    else:
+        of_day = start.hour * 3600 + start.minute * 60 + start.second + start.microsecond / 1e6
+        first = -of_day % step
     out = []
     t = first
     while t <= span_s + 1e-6:
-        if t >= -1e-6:
-            out.append((t, (start + timedelta(seconds=t)).strftime("%H:%M")))
+        if start is None:
+            label = f"{int(t // 3600)}:{int(t % 3600 // 60):02d}"
+        else:
+            label = (start + timedelta(seconds=t)).strftime("%H:%M")
+        out.append((t, label))
         t += step
     return out
 

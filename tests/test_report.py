@@ -368,6 +368,32 @@ def test_plot_edge_cases() -> None:
         hypnogram_svg([0.0], [0, 1])
 
 
+def _tick_labels(svg: str) -> list[str]:
+    """Texts of the time axis: the labels under the tick marks (y below the axis, centred)."""
+    root = ET.fromstring(svg)
+    ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+    return [t.text for t in root.iter(f"{ns}text")
+            if t.get("text-anchor") == "middle" and t.text and re.fullmatch(r"\d+:\d\d", t.text)]
+
+
+@pytest.mark.parametrize("hours, start, expected", [
+    # a 30-min nap starting 22:18:55: ticks every 5 clock minutes, not none (no whole hour falls inside)
+    (0.5, datetime(2008, 6, 22, 22, 18, 55), ["22:20", "22:25", "22:30", "22:35", "22:40", "22:45"]),
+    # a night: whole clock hours
+    (8.0, datetime(2008, 6, 22, 22, 18, 55), ["23:00", "00:00", "01:00", "02:00", "03:00", "04:00", "05:00",
+                                              "06:00"]),
+    # 24 h: every second hour (13 labels, both ends included)
+    (24.0, datetime(2008, 6, 22, 22, 0, 0), [f"{h % 24:02d}:00" for h in range(22, 47, 2)]),
+    # no start time: time since the start, up to the end of the last epoch
+    (0.5, None, ["0:00", "0:05", "0:10", "0:15", "0:20", "0:25", "0:30"]),
+    (8.0, None, [f"{h}:00" for h in range(9)]),
+])
+def test_time_axis_ticks(hours: float, start: datetime | None, expected: list[str]) -> None:
+    onsets = np.arange(int(hours * 120)) * 30.0
+    labels = _tick_labels(hypnogram_svg(onsets, np.full(onsets.size, 2), start=start))
+    assert labels == expected
+
+
 @pytest.mark.parametrize("value, unit, text", [
     (412.25, "min", "412.2"), (87.06, "%", "87.1"), (0.8712, "frac", "87.1"), (0.81549, "coef", "0.815"),
     (3.0, "count", "3"), (0.456, "prob", "0.46"), (float("nan"), "min", "—"), (None, "coef", "—"),

@@ -184,7 +184,7 @@ def _review(night: dict, stages: np.ndarray, onsets: np.ndarray, ep: float, star
                          + _num("min_confidence", float(conf[i:j].min()), "prob")
                          + _num("mean_confidence", float(conf[i:j].mean()), "prob")) for i, j in listed]
         out.append(f"<h3>Low confidence (below {_e(format_value(float(thr), 'prob'))})</h3>")
-        out.append(f"<p>{int(low.sum())} epochs in {len(low_runs)} runs.</p>")
+        out.append(f"<p>{_count_runs(int(low.sum()), len(low_runs))}</p>")
         if rows:
             out.append(_table(head + ["Predicted stage", "Lowest confidence", "Mean confidence"], rows,
                               "low-confidence"))
@@ -206,12 +206,18 @@ def _review(night: dict, stages: np.ndarray, onsets: np.ndarray, ep: float, star
                      f"<td>{_e(_stage_summary(stages[i:j]))}</td>") for i, j in listed]
     n_flagged = sum(j - i for i, j in flag_runs)
     out.append("<h3>Flagged or unscored epochs</h3>")
-    out.append(f"<p>{n_flagged} epochs in {len(flag_runs)} runs.</p>")
+    out.append(f"<p>{_count_runs(n_flagged, len(flag_runs))}</p>")
     if rows:
         out.append(_table(head + ["Reason", "Stage"], rows, "flagged"))
     out.append(_more(listed, len(flag_runs)))
     out.append("</section>")
     return "".join(out)
+
+
+def _count_runs(n_epochs: int, n_runs: int) -> str:
+    if n_epochs == 0:
+        return "None."
+    return f"{n_epochs} epoch{'s' * (n_epochs != 1)} in {n_runs} run{'s' * (n_runs != 1)}."
 
 
 def _provenance_rows(d: dict, prefix: str, label: str) -> list[str]:

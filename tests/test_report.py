@@ -236,6 +236,16 @@ def test_night_review_tables(night: dict, night_html: str) -> None:
     spans = {(int(r["attrs"]["data-first"]), int(r["attrs"]["data-last"])): r["cells"][3]["text"] for r in flagged}
     assert spans == {(200, 211): "flat signal", (212, 212): "flat signal; NaN samples",
                      (500, 500): "gap in recording", (700, 704): "not scored"}
+    text = " ".join(page.text)
+    assert f"{sum(low)} epochs in {len(expected)} runs." in text
+    assert "19 epochs in 4 runs." in text  # 12 + 1 + 1 + 5 flagged epochs
+
+
+def test_night_with_nothing_to_review(night: dict) -> None:
+    n = len(night["stages"])
+    calm = {**night, "stages": np.full(n, 2), "confidence": np.full(n, 0.99), "flags": [""] * n}
+    text = " ".join(Page(night_report_html(calm)).text)
+    assert text.count("None.") == 2 and "0 epochs" not in text
 
 
 def test_night_images_escaping_and_no_external_resources(night: dict, night_html: str) -> None:

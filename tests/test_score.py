@@ -76,7 +76,7 @@ class _Cells(HTMLParser):
 def test_outputs_formats_attention_and_report(trained, tmp_path: Path) -> None:
     psg = trained["held_out"]
     out = tmp_path / "scored"
-    proc = run_cli("score", psg, "-o", out, "--model", trained["model"], "--format", "csv,tsv,edf", "--attention")
+    proc = run_cli("score", psg, "-o", out, "--model", trained["model"], "--format", "csv, BIDS,edf", "--attention")
     assert proc.returncode == 0, proc.stderr
     night = "01-03-0006"
     csv = read_hypnogram(out / f"{night}.csv")
@@ -198,7 +198,7 @@ def test_night_shorter_than_one_sequence(trained, tmp_path: Path) -> None:
     assert "fewer than one 10-epoch sequence" in html
 
 
-def test_score_errors(trained, tmp_path: Path, foreign) -> None:
+def test_score_errors(trained, tmp_path: Path) -> None:
     psg = trained["held_out"]
     model = trained["model"]
     truncated = tmp_path / "cut.pt"
@@ -219,6 +219,13 @@ def test_score_errors(trained, tmp_path: Path, foreign) -> None:
 
     assert_clean_error(run_cli("score", psg, "-o", tmp_path / "c.csv"), "no --model given", "sleepstage train")
 
+    assert_clean_error(run_cli("score", psg, "-o", tmp_path / "e.csv", "--model", model, "--format", "csv,xls"),
+                       "--format takes csv, tsv, edf", "'csv,xls'")
+    assert not (tmp_path / "e.csv").exists()
+
+
+def test_score_refuses_50_hz_foreign_file(trained, tmp_path: Path, foreign) -> None:
+    model = trained["model"]
     dreams = foreign("dreams/excerpt3.edf")
     assert_clean_error(run_cli("score", dreams, "-o", tmp_path / "d.csv", "--model", model, "--eeg", "C3-A1",
                                "--eog", "EOG1-A1 - EOG2-A1", "--emg", "EMG1"), "excerpt3.edf", "50 Hz")

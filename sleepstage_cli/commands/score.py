@@ -25,6 +25,7 @@ _EXAMPLE = """Examples:
 """
 
 FORMATS = ("csv", "tsv", "edf")
+FORMAT_ALIASES = {"bids": "tsv", "events": "tsv", "edf+": "edf", "annotations": "edf"}
 
 
 @dataclass
@@ -98,8 +99,8 @@ def score(
                                                "names do not match.", show_default=False)] = None,
     eog: Annotated[Optional[str], typer.Option(help="EOG label or derivation.", show_default=False)] = None,
     emg: Annotated[Optional[str], typer.Option(help="EMG label or derivation.", show_default=False)] = None,
-    formats: Annotated[str, typer.Option("--format", help="Hypnogram formats: csv, tsv (BIDS-style events), edf "
-                                         "(EDF+ annotations), comma-separated.")] = "csv",
+    formats: Annotated[str, typer.Option("--format", help="Hypnogram formats: csv, tsv (BIDS-style events; "
+                                         "'bids' also accepted), edf (EDF+ annotations), comma-separated.")] = "csv",
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write a self-contained HTML staging "
                                          "report per night.")] = True,
     attention: Annotated[bool, typer.Option("--attention", help="Save each epoch's attention weights (which "
@@ -124,9 +125,9 @@ def score(
     from sleepstage_cli.modelmeta import peek_metadata
     from sleepstage_cli.signals import Conditioning
 
-    fmt = {f.strip().lower() for f in formats.split(",") if f.strip()}
+    fmt = {FORMAT_ALIASES.get(f, f) for f in (f.strip().lower() for f in formats.split(",")) if f}
     if not fmt or fmt - set(FORMATS):
-        raise InputError(f"--format takes {', '.join(FORMATS)} (comma-separated), not {formats!r}")
+        raise InputError(f"--format takes {', '.join(FORMATS)} (comma-separated; bids = tsv), not {formats!r}")
     fmt.add("csv")
     if not 0 <= low_confidence <= 1:
         raise InputError("--low-confidence must be between 0 and 1")

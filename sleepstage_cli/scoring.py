@@ -190,11 +190,12 @@ class ReadAhead:
 
     Created before torch is imported, the first recording is read and conditioned while the model
     loads; afterwards each next night is read while the current one is scored (two cores, two jobs).
-    Iterating yields ``(path, ReadNight or SleepstageError)``. Use as a context manager.
+    Iterating yields ``(path, ReadNight or SleepstageError)``. ``epochs_from`` maps a recording to the
+    hypnogram whose epochs it is scored on (others get 30-s epochs from the start). Use as a context manager.
     """
 
     def __init__(self, paths: list[Path], spec: ChannelSpec, cond: Conditioning,
-                 epochs_from: str | Path | None = None, depth: int = 2) -> None:
+                 epochs_from: dict[Path, Path] | None = None, depth: int = 2) -> None:
         import concurrent.futures as cf
         import multiprocessing as mp
         from collections import deque
@@ -209,7 +210,7 @@ class ReadAhead:
         self._paths = iter(paths)
         self._queue: deque = deque()
         self._args = (spec, cond)
-        self._epochs_from = epochs_from
+        self._epochs_from = epochs_from or {}
         self._key = night_key
         for _ in range(depth):
             self._submit()
@@ -219,7 +220,7 @@ class ReadAhead:
         if path is not None:
             spec, cond = self._args
             self._queue.append((path, self._pool.submit(read_night, path, spec, cond, self._key(path),
-                                                        self._epochs_from)))
+                                                        self._epochs_from.get(path))))
 
     def __iter__(self):
         from concurrent.futures.process import BrokenProcessPool

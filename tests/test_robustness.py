@@ -412,8 +412,9 @@ def test_score_folder_given_as_file(world, tmp_path: Path, scored_before) -> Non
     folder = tmp_path / "night.edf"
     folder.mkdir()
     clean_error(cli(*score_args(world, folder, out)), str(folder), "holds no EDF recording to score")
+    # a folder is where --epochs-from looks for each night's hypnogram: this one has none
     clean_error(cli(*score_args(world, world.night, out, "--epochs-from", folder)), str(folder),
-                "is a folder, not a hypnogram file")
+                "folder is empty")
     clean_error(cli("score", world.night, "-o", out, "--model", folder, "--force"), str(folder),
                 "is a folder, not a model file")
     assert_unchanged(before, out.parent)

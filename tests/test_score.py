@@ -62,6 +62,38 @@ def test_held_out_night_end_to_end(trained, tmp_path: Path) -> None:
     assert not (tmp_path / "plain.report.html").exists()
 
 
+def test_epochs_from_a_folder_pairs_each_night(trained, tmp_path: Path) -> None:
+    """Several nights scored on their own hypnograms' epochs, paired as prepare pairs them (MASS codes)."""
+    sim, model = trained["sim"], trained["model"]
+    psgs, hyps = tmp_path / "psg", tmp_path / "experts" / "annotations"
+    psgs.mkdir()
+    hyps.mkdir(parents=True)
+    for code in ("0005", "0006"):
+        (psgs / f"01-03-{code} PSG.edf").symlink_to(sim / f"01-03-{code} PSG.edf")
+        (hyps / f"01-03-{code} Base.edf").symlink_to(sim / f"01-03-{code} Base.edf")
+    out = tmp_path / "scored"
+    proc = run_cli("score", psgs, "-o", out, "--model", model, "--epochs-from", hyps.parent, "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    for code in ("0005", "0006"):
+        truth = _truth_of(trained, psgs / f"01-03-{code} PSG.edf")
+        df = pd.read_csv(out / f"01-03-{code}.csv", keep_default_na=False)
+        np.testing.assert_allclose(df["onset_s"], truth["onsets"], atol=1e-3)
+        row = summary[summary["night"] == f"01-03-{code}"].iloc[0]
+        assert Path(row["epochs_from"]).name == f"01-03-{code} Base.edf"
+
+    # a night without its hypnogram in the folder: refused before anything is scored
+    (psgs / "01-03-0004 PSG.edf").symlink_to(sim / "01-03-0004 PSG.edf")
+    again = tmp_path / "again"
+    assert_clean_error(run_cli("score", psgs, "-o", again, "--model", model, "--epochs-from", hyps.parent),
+                       "01-03-0004 PSG.edf", "no hypnogram")
+    assert not again.exists()
+    # one hypnogram for several nights
+    assert_clean_error(run_cli("score", psgs, "-o", again, "--model", model, "--epochs-from",
+                               hyps / "01-03-0005 Base.edf"), "01-03-0005 Base.edf", "several nights")
+    assert not again.exists()
+
+
 class _Cells(HTMLParser):
     def __init__(self) -> None:
         super().__init__()

@@ -116,7 +116,8 @@ def print_evaluation(ev: Evaluation) -> None:
 
     if len(ev.nights) <= _MAX_NIGHT_ROWS:
         t = Table(title="Per night", title_justify="left")
-        t.add_column("night", no_wrap=True)
+        # the night is what a reader looks for: other columns wrap first on a narrow terminal
+        t.add_column("night", no_wrap=True, min_width=min(30, max((len(n.night) for n in ev.nights), default=5)))
         for col in ("epochs compared", "accuracy (%)", "kappa", "macro-F1 (%)", "ref epochs not compared"):
             t.add_column(col, justify="right")
         for n in ev.nights:

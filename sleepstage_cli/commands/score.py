@@ -21,6 +21,9 @@ _EXAMPLE = """Examples:
 
   sleepstage score "01-03-0001 PSG.edf" -o 0001.csv --model model.pt --epochs-from "01-03-0001 Base.edf"
 
+  sleepstage score mass/SS3/ -o scored/ --model model.pt --epochs-from mass/SS3/annotations/   (each night on
+  its expert hypnogram's epochs, ready for 'sleepstage evaluate scored/ mass/SS3/')
+
   sleepstage score lab.edf -o lab.csv --model model.pt --eeg "C4-M1" --eog "E2-M1 - E1-M2"
 """
 
@@ -106,7 +109,9 @@ def score(
     attention: Annotated[bool, typer.Option("--attention", help="Save each epoch's attention weights (which "
                                             "seconds mattered).")] = False,
     epochs_from: Annotated[Optional[Path], typer.Option(help="Score the epochs of this hypnogram (its onsets and "
-                                                        "epoch length) instead of 30-s epochs from the start.",
+                                                        "epoch length) instead of 30-s epochs from the start; "
+                                                        "with several nights, a folder of hypnograms, each "
+                                                        "paired with its night as 'prepare' pairs them.",
                                                         show_default=False)] = None,
     low_confidence: Annotated[float, typer.Option(help="Epochs whose stage probability is below this are "
                                                   "flagged for review.")] = 0.6,
@@ -134,8 +139,7 @@ def score(
     overrides = {k: tuple(v.strip() for v in val.split("|") if v.strip())
                  for k, val in (("eeg", eeg), ("eog", eog), ("emg", emg)) if val}
     files = _inputs(nights)
-    if epochs_from is not None and len(files) > 1:
-        raise InputError("--epochs-from gives the epochs of one night; score one file at a time with it")
+    grids = _epoch_grids(files, epochs_from)
     single = len(files) == 1 and output.suffix.lower() == ".csv"
     if single:
         plan = {files[0]: _targets(output.with_suffix(""), fmt, report, attention)}
@@ -152,7 +156,7 @@ def score(
         summary_path = output / "summary.csv"
     model_path = model or _default_model()
     n_nights = len(plan)
-    kept = _finished(summary_path, plan, model_path) if summary_path is not None and not force else []
+    kept = _finished(summary_path, plan, model_path, grids) if summary_path is not None and not force else []
     for targets in plan.values():
         for path in targets.all():
             check_writable_output(path, force)
@@ -180,7 +184,7 @@ def score(
         output.mkdir(parents=True, exist_ok=True)
 
     rows, failures = [], []
-    with ReadAhead(list(plan), spec, cond, epochs_from) as nights_read:
+    with ReadAhead(list(plan), spec, cond, grids) as nights_read:
         from sleepstage_cli.modelfile import load_model
         from sleepstage_cli.train import resolve_device
 
@@ -199,7 +203,8 @@ def score(
                 try:
                     if isinstance(night, SleepstageError):
                         raise night
-                    rows.append(_score_one(night, plan[path], loaded, dev, attention, low_confidence, batch_size))
+                    rows.append(_score_one(night, plan[path], loaded, dev, attention, low_confidence, batch_size,
+                                           grids.get(path)))
                 except SleepstageError as exc:
                     if STATE.debug:
                         raise
@@ -222,25 +227,53 @@ def score(
         raise SleepstageError(f"{len(failures)} of {len(plan)} nights could not be scored; first: {failures[0]}")
 
 
-def _finished(summary_path: Path, plan: dict[Path, Targets], model_path: Path) -> list[dict]:
+def _finished(summary_path: Path, plan: dict[Path, Targets], model_path: Path,
+              grids: dict[Path, Path]) -> list[dict]:
     """Take out of ``plan`` the nights an interrupted run of this command scored: in its summary.csv with
-    the same recording and model, every output there. Returns their summary rows (kept as they are)."""
+    the same recording, model and epochs, every output there. Returns their summary rows (kept as they are)."""
     from sleepstage_cli.io.export import read_rows
 
     try:
-        done = {(r.get("source"), r.get("model")): r for r in read_rows(summary_path)}
+        done = {(r.get("source"), r.get("model"), r.get("epochs_from") or ""): r for r in read_rows(summary_path)}
     except (OSError, ValueError, UnicodeDecodeError):  # no summary, or not ours: nothing counts as finished
         return []
     kept = []
     for path, targets in list(plan.items()):
-        row = done.get((str(path), str(model_path)))
+        row = done.get((str(path), str(model_path), str(grids.get(path) or "")))
         if row is not None and all(p.exists() for p in targets.all()):
             kept.append(row)
             del plan[path]
     return kept
 
 
-def _score_one(read, targets: Targets, loaded, device, attention, low_conf, batch_size) -> dict:
+def _epoch_grids(files: list[Path], epochs_from: Path | None) -> dict[Path, Path]:
+    """The hypnogram whose epochs each recording is scored on (``--epochs-from``); recordings left out
+    get 30-s epochs from their start. A folder is paired night by night exactly as ``prepare`` pairs."""
+    if epochs_from is None:
+        return {}
+    if not epochs_from.exists():
+        raise InputError("not found (--epochs-from)", epochs_from)
+    if not epochs_from.is_dir():
+        if len(files) > 1:
+            raise InputError("--epochs-from names one hypnogram but several nights are scored; give the "
+                             "folder of their hypnograms instead", epochs_from)
+        return {files[0]: epochs_from}
+    from sleepstage_cli.io.layout import discover
+
+    _, nights, skips = discover([*files, epochs_from])
+    paired = {n.psg: n.hypnogram for n in nights if n.hypnogram is not None}
+    grids = {}
+    for f in files:
+        hyp = paired.get(f.resolve())
+        if hyp is None:
+            why = next((s.reason for s in skips if s.path == f.resolve()), "no hypnogram found for it")
+            raise InputError(f"--epochs-from {epochs_from}: {why}", f)
+        grids[f] = hyp
+    return grids
+
+
+def _score_one(read, targets: Targets, loaded, device, attention, low_conf, batch_size,
+               epochs_from: Path | None = None) -> dict:
     import numpy as np
 
     from sleepstage_cli.io import export
@@ -284,7 +317,7 @@ def _score_one(read, targets: Targets, loaded, device, attention, low_conf, batc
             "low_confidence_epochs": int(low.sum()), "flagged_epochs": sum(1 for f in night.flags if f),
             "mean_confidence": float(np.nanmean(night.confidence)) if np.isfinite(night.confidence).any() else None,
             "hypnogram": str(targets.csv), "report": str(targets.report) if targets.report else "",
-            "model": str(loaded.path)}
+            "model": str(loaded.path), "epochs_from": str(epochs_from or "")}
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -297,7 +330,10 @@ def _print_summary(rows: list[dict]) -> None:
     table = Table(title="Scored nights", title_justify="left")
     for col in ("night", "epochs", "TST (h)", "SE (%)", "SOL (min)", "WASO (min)", "W/N1/N2/N3/REM (%)",
                 "low conf.", "flagged"):
-        table.add_column(col, justify="left" if col == "night" else "right")
+        if col == "night":  # what a reader looks for: other columns wrap first on a narrow terminal
+            table.add_column(col, no_wrap=True, min_width=min(30, max(len(r["night"]) for r in rows)))
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         scored = sum(r[f"epochs_{s}"] for s in ("W", "N1", "N2", "N3", "REM")) or 1
         pct = "/".join(f"{100 * r[f'epochs_{s}'] / scored:.0f}" for s in ("W", "N1", "N2", "N3", "REM"))

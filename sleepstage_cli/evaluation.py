@@ -293,7 +293,8 @@ def _no_match(pred: Hypnogram, ref: Hypnogram, tolerance: float) -> None:
     raise InputError(f"no epoch of {_label(pred, 'prediction')} starts within {tolerance:g} s of an epoch of "
                      f"{_label(ref, 'reference')}, although they overlap in time: the prediction's epoch grid is "
                      f"offset by {offset:+.3g} s from the reference's. Score on the reference's epoch grid "
-                     f"(sleepstage score --epochs-from {ref.source or 'REF'}){hint}")
+                     f"(sleepstage score --epochs-from {ref.source or 'REF'}; for several nights, --epochs-from takes "
+                     f"their hypnograms' folder){hint}")
 
 
 # --------------------------------------------------------------------------- metrics

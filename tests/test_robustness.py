@@ -414,7 +414,7 @@ def test_score_folder_given_as_file(world, tmp_path: Path, scored_before) -> Non
     clean_error(cli(*score_args(world, folder, out)), str(folder), "holds no EDF recording to score")
     # a folder is where --epochs-from looks for each night's hypnogram: this one has none
     clean_error(cli(*score_args(world, world.night, out, "--epochs-from", folder)), str(folder),
-                "folder is empty")
+                "holds no hypnogram files")
     clean_error(cli("score", world.night, "-o", out, "--model", folder, "--force"), str(folder),
                 "is a folder, not a model file")
     assert_unchanged(before, out.parent)

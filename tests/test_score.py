@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def test_epochs_from_a_folder_pairs_each_night(trained, tmp_path: Path) -> None:
     for code in ("0005", "0006"):
         (psgs / f"01-03-{code} PSG.edf").symlink_to(sim / f"01-03-{code} PSG.edf")
         (hyps / f"01-03-{code} Base.edf").symlink_to(sim / f"01-03-{code} Base.edf")
+    # recordings in the hypnograms' folder (a copy of a night being scored) take no part in the pairing
+    shutil.copy(sim / "01-03-0005 PSG.edf", hyps.parent / "01-03-0005 PSG.edf")
     out = tmp_path / "scored"
     proc = run_cli("score", psgs, "-o", out, "--model", model, "--epochs-from", hyps.parent, "--no-report")
     assert proc.returncode == 0, proc.stderr

@@ -258,9 +258,22 @@ def _epoch_grids(files: list[Path], epochs_from: Path | None) -> dict[Path, Path
             raise InputError("--epochs-from names one hypnogram but several nights are scored; give the "
                              "folder of their hypnograms instead", epochs_from)
         return {files[0]: epochs_from}
+    from sleepstage_cli.io.edf import read_header
     from sleepstage_cli.io.layout import discover
 
-    _, nights, skips = discover([*files, epochs_from])
+    # Only hypnograms from the folder take part: a recording there (a copy of a night being scored, say)
+    # or a hypnogram beside a scored night must not be paired instead of the folder's own.
+    def recording(p: Path) -> bool:
+        try:
+            return p.suffix.lower() in (".edf", ".bdf") and bool(read_header(p).signals)
+        except InputError:  # unreadable: kept, so that reading it as a hypnogram says what is wrong
+            return False
+
+    candidates = [p for p in sorted(epochs_from.rglob("*"))
+                  if p.is_file() and not p.name.startswith(".") and not recording(p)]
+    if not candidates:
+        raise InputError("holds no hypnogram files (--epochs-from)", epochs_from)
+    _, nights, skips = discover([*files, *candidates])
     paired = {n.psg: n.hypnogram for n in nights if n.hypnogram is not None}
     grids = {}
     for f in files:

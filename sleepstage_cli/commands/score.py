@@ -56,16 +56,14 @@ def _targets(base: Path, formats: set[str], report: bool, attention: bool) -> Ta
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
-    from sleepstage_cli.io.edf import read_header
-
     files: list[Path] = []
     for p in paths:
         if not p.exists():
             raise InputError("not found", p)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in (".edf", ".bdf") and q.is_file())
-            # Hypnogram files (annotations only) in the folder are not nights to score.
-            found = [q for q in found if _has_signals(q, read_header)]
+            # Hypnogram files (annotations only) in the folder are not nights to score; an unreadable EDF
+            # is, so that scoring reports what is wrong with it.
+            found = [q for q in sorted(p.rglob("*")) if q.is_file() and _is_recording(q, unreadable=True)]
             if not found:
                 raise InputError("holds no EDF recording to score", p)
             files.extend(found)
@@ -74,11 +72,17 @@ def _inputs(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _has_signals(path: Path, read_header) -> bool:
+def _is_recording(path: Path, unreadable: bool) -> bool:
+    """Whether ``path`` is an EDF/BDF holding signals (not an annotations-only hypnogram); ``unreadable``
+    is the answer for an EDF whose header cannot be read."""
+    from sleepstage_cli.io.edf import read_header
+
+    if path.suffix.lower() not in (".edf", ".bdf"):
+        return False
     try:
         return bool(read_header(path).signals)
     except InputError:
-        return True  # let scoring report what is wrong with it
+        return unreadable
 
 
 def _default_model() -> Path:
@@ -258,19 +262,13 @@ def _epoch_grids(files: list[Path], epochs_from: Path | None) -> dict[Path, Path
             raise InputError("--epochs-from names one hypnogram but several nights are scored; give the "
                              "folder of their hypnograms instead", epochs_from)
         return {files[0]: epochs_from}
-    from sleepstage_cli.io.edf import read_header
     from sleepstage_cli.io.layout import discover
 
     # Only hypnograms from the folder take part: a recording there (a copy of a night being scored, say)
-    # or a hypnogram beside a scored night must not be paired instead of the folder's own.
-    def recording(p: Path) -> bool:
-        try:
-            return p.suffix.lower() in (".edf", ".bdf") and bool(read_header(p).signals)
-        except InputError:  # unreadable: kept, so that reading it as a hypnogram says what is wrong
-            return False
-
+    # or a hypnogram beside a scored night must not be paired instead of the folder's own. An unreadable
+    # EDF stays a candidate, so that reading it as a hypnogram says what is wrong with it.
     candidates = [p for p in sorted(epochs_from.rglob("*"))
-                  if p.is_file() and not p.name.startswith(".") and not recording(p)]
+                  if p.is_file() and not p.name.startswith(".") and not _is_recording(p, unreadable=False)]
     if not candidates:
         raise InputError("holds no hypnogram files (--epochs-from)", epochs_from)
     _, nights, skips = discover([*files, *candidates])

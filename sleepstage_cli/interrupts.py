@@ -48,3 +48,47 @@ class GracefulStop:
 def ignore_interrupts() -> None:
     """For worker processes: the parent decides when to stop, a Ctrl-C must not kill them mid-write."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def die_with_parent(parent_pid: int, interrupts: bool = False) -> None:
+    """For worker processes (a pool initializer): end when ``parent_pid`` ends, however it ends.
+
+    A parent killed with SIGKILL runs no clean-up, and its pool's workers would live on as orphans.
+    On Linux the kernel sends SIGKILL when the process that forked us dies (PR_SET_PDEATHSIG); a
+    daemon thread also watches ``parent_pid`` itself, which covers other systems and a worker forked
+    by a forkserver (whose own parent is the server, not the command). A worker only reads, or writes
+    under temporary names, so dying at any point loses nothing. Ctrl-C is ignored unless ``interrupts``.
+    """
+    import ctypes
+    import os
+    import sys
+    import time
+
+    if not interrupts:
+        ignore_interrupts()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    first_ppid = os.getppid()
+
+    def alive() -> bool:
+        if os.getppid() != first_ppid:
+            return False
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(0.5)
+        os._exit(1)
+
+    if not alive():
+        os._exit(1)
+    threading.Thread(target=watch, name="sleepstage-parent-watch", daemon=True).start()

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +34,44 @@ def check_writable_output(path: Path, force: bool, what: str = "output") -> None
     if path.exists() and not force:
         raise OutputExistsError(path, what)
     check_writable_folder(path.parent, f"{what} {path}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def replaces_input(output: Path, inputs: Iterable[Path]) -> Path | None:
+    """The input that writing ``output`` would replace, if any.
+
+    An input file is replaced when ``output`` is that file (by any path: a link, ``..``, a hard link);
+    an input folder's content is replaced when ``output`` is an existing file inside it (the user's
+    recordings and expert hypnograms live there). ``inputs`` that do not exist are ignored.
+    """
+    out = Path(os.path.abspath(output))
+    resolved = out.resolve()
+    for given in inputs:
+        given = Path(given)
+        if given.is_dir():
+            folder = given.resolve()
+            if out.exists() and (resolved == folder or folder in resolved.parents):
+                return given
+        elif given.exists() and (resolved == given.resolve() or _same_file(out, given)):
+            return given
+    return None
+
+
+def refuse_replacing_inputs(outputs: Iterable[Path], inputs: Iterable[Path], what: str = "output") -> None:
+    """Refuse, with or without --force, any output that is or would replace one of the command's inputs."""
+    inputs = [Path(p) for p in inputs]
+    for output in outputs:
+        hit = replaces_input(Path(output), inputs)
+        if hit is not None:
+            detail = "is" if not hit.is_dir() else "would replace a file in"
+            raise SleepstageError(f"cannot write {what} {output}: it {detail} one of this command's inputs "
+                                  f"({hit}); choose another output (--force never replaces an input)")
 
 
 @contextlib.contextmanager

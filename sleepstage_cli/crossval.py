@@ -37,7 +37,7 @@ import numpy as np
 
 from sleepstage_cli import __version__
 from sleepstage_cli.crossval_split import CVSplit, Fold, load_split, make_split
-from sleepstage_cli.dataset import PreparedDataset, exclusive_lock
+from sleepstage_cli.dataset import MANIFEST, PreparedDataset, exclusive_lock
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
 from sleepstage_cli.train import Callbacks, Split, TrainOptions
@@ -84,9 +84,14 @@ class RunPlan:
     split: CVSplit
     identity: dict
     digest: str
+    inputs: list[Path] = field(default_factory=list)  # the files the run reads: split file, manifest, nights
 
     def fold_dir(self, fold: Fold) -> Path:
         return self.run_dir / fold.name
+
+    def outputs(self) -> list[Path]:
+        """What the run writes (or clears with --force) in its folder."""
+        return [self.run_dir / name for name in (*_OWNED, ".lock")] + [self.fold_dir(f) for f in self.split.folds]
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,9 @@ def plan_run(dataset: str | Path, run_dir: str | Path, opts: TrainOptions, folds
         "nights": [n.id for n in ds.nights], "options": opts.fingerprint(),
         "folds": [f.to_json() for f in split.folds]}))
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return RunPlan(Path(run_dir), Path(dataset), opts, split, identity, digest)
+    inputs = [Path(f) for f in [split.made_by.get("file")] if f]
+    inputs += [ds.root / MANIFEST, *(ds.root / n.file for n in ds.nights)]
+    return RunPlan(Path(run_dir), Path(dataset), opts, split, identity, digest, inputs)
 
 
 def _shown(value: object) -> str:
@@ -190,6 +197,7 @@ def check_run_dir(plan: RunPlan, force: bool) -> bool:
     run_dir = plan.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise SleepstageError("is a file, not a run folder", run_dir)
+    refuse_replacing_inputs(plan)
     check_writable_folder(run_dir, f"run folder {run_dir}")
     if not run_dir.exists():
         return False
@@ -210,6 +218,27 @@ def check_run_dir(plan: RunPlan, force: bool) -> bool:
         raise SleepstageError(f"{run_dir} holds a cross-validation run with {diff}; run the same command as "
                               "before to resume it, or pass --force to start over (its results are deleted)")
     return True
+
+
+def refuse_replacing_inputs(plan: RunPlan) -> None:
+    """Refuse, --force or not, a run folder that is the dataset folder or whose outputs hold an input.
+
+    A run folder inside the dataset folder is fine (its names are not the dataset's); the dataset
+    folder itself is not (its nights.csv and lock are a run's names too), nor a --split file, the
+    dataset or a night file where the run writes (or --force clears) its results.
+    """
+    run_dir = plan.run_dir.resolve()
+    if run_dir == plan.dataset.resolve():
+        raise SleepstageError(f"cannot use the dataset folder {plan.dataset} as the run folder: it is one of this "
+                              "command's inputs; choose another folder (--force never replaces an input)")
+    outputs = [out.resolve() for out in plan.outputs()]
+    for given in [*plan.inputs, plan.dataset]:
+        where = Path(given).resolve()
+        for out in outputs:
+            if where == out or out in where.parents:
+                raise SleepstageError(f"cannot write the run folder {plan.run_dir}: its {out.name} would replace "
+                                      f"one of this command's inputs ({given}); choose another run folder "
+                                      "(--force never replaces an input)")
 
 
 def _clear(run_dir: Path) -> None:

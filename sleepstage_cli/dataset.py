@@ -4,8 +4,11 @@ Each night file is a standard NumPy ``.npy`` holding a structured array, one rec
 ``x`` (channels x 3000 float32 conditioned samples at 100 Hz), ``onset`` (float64 seconds from the
 start of the recording) and ``label`` (int8: 0-4 for W, N1, N2, N3, REM, -1 unscored). It opens
 memory-mapped, so training touches only the epochs it reads and hundreds of nights never sit in
-memory together. Files are written under a temporary name and renamed into place; the manifest is
-rewritten atomically after each night, so a killed run leaves no half-written night behind.
+memory together. Files are written under a temporary name and renamed into place, so a killed run
+leaves no half-written night behind. A run appends each finished night to ``manifest.journal`` (one JSON
+line, on disk before the next night) and folds it into the manifest at its end: writing the manifest once
+per run keeps a run linear in its nights, and a killed run loses no finished night (readers merge the
+journal; the next run folds it in).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,13 +28,14 @@ import numpy as np
 from sleepstage_cli import __version__
 from sleepstage_cli.constants import EPOCH_SAMPLES
 from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
-from sleepstage_cli.errors import InputError, SleepstageError
+from sleepstage_cli.errors import InputError, SleepstageError, WriteError
 from sleepstage_cli.fsutil import atomic_open, atomic_write_json, read_json
 from sleepstage_cli.stages import STAGES
 
 FORMAT = "sleepstage-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+JOURNAL = "manifest.journal"
 NIGHTS_DIR = "nights"
 
 
@@ -49,7 +54,19 @@ def write_night(path: Path, x: np.ndarray, onsets: np.ndarray, labels: np.ndarra
     rec["onset"] = onsets
     rec["label"] = labels
     with atomic_open(path, "wb") as fh:
-        np.save(fh, rec, allow_pickle=False)
+        np.save(_PythonWrites(fh), rec, allow_pickle=False)
+
+
+class _PythonWrites:
+    """A file as np.save sees it when its writes must go through Python's file I/O.
+
+    Given a real file, np.save writes with C ``fwrite``, and a full disk then surfaces as "30 requested
+    and 21 written" with no errno; through ``write`` it raises OSError(ENOSPC), which prepare tells
+    from a bad night.
+    """
+
+    def __init__(self, fh) -> None:
+        self.write = fh.write
 
 
 def open_night(path: Path) -> np.ndarray:
@@ -63,6 +80,56 @@ def open_night(path: Path) -> np.ndarray:
     if rec.dtype.names is None or not {"x", "onset", "label"} <= set(rec.dtype.names):
         raise InputError("not a sleepstage night file", path)
     return rec
+
+
+def _npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
+    """Shape, dtype and data offset of a ``.npy`` file, from its header alone."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        return shape, dtype, fh.tell()
+
+
+def check_night_file(path: Path, n_epochs: int, n_channels: int) -> None:
+    """Check a night file against its manifest entry without reading its data."""
+    try:
+        shape, dtype, offset = _npy_header(path)
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError("night file of the prepared dataset is missing", path) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"night file of the prepared dataset is unreadable: {exc}", path) from None
+    names = set(dtype.names or ())
+    if not {"x", "onset", "label"} <= names or len(dtype["x"].shape) != 2 or dtype["x"].shape[1] != EPOCH_SAMPLES:
+        raise InputError("not a sleepstage night file", path)
+    if dtype["x"].shape[0] != n_channels:
+        raise InputError(f"night file holds {dtype['x'].shape[0]} channel(s) but the dataset has {n_channels}; "
+                         "prepare the dataset again", path)
+    if shape != (n_epochs,):
+        raise InputError(f"night file holds {shape[0] if len(shape) == 1 else shape} epochs but the manifest "
+                         f"says {n_epochs}; prepare the dataset again", path)
+    if size < offset + n_epochs * dtype.itemsize:
+        raise InputError(f"night file of the prepared dataset is unreadable: truncated ({size} of "
+                         f"{offset + n_epochs * dtype.itemsize} bytes)", path)
+
+
+def _well_formed(entry: object) -> bool:
+    return (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("id", "subject", "file"))
+            and isinstance(entry.get("n_epochs"), int) and not isinstance(entry["n_epochs"], bool)
+            and entry["n_epochs"] >= 0)
+
+
+def _check_unique_ids(entries: list[dict], root: Path) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        if entry["id"] in seen:
+            raise InputError(f"{MANIFEST} lists night {entry['id']!r} twice; prepare the dataset again", root)
+        seen.add(entry["id"])
 
 
 @dataclass(frozen=True)
@@ -99,12 +166,36 @@ class PreparedDataset:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise InputError(f"dataset format version {version} is newer than this sleepstage reads "
                              f"({FORMAT_VERSION}); upgrade sleepstage", self.root)
-        try:
-            self.nights = [NightRecord(id=n["id"], subject=n["subject"], file=n["file"], n_epochs=n["n_epochs"],
-                                       meta=n) for n in self.manifest.get("nights", [])]
-        except (KeyError, TypeError):
+        entries = self.manifest.get("nights", [])
+        if not isinstance(entries, list) or not all(map(_well_formed, entries)):
             raise InputError(f"{MANIFEST} is damaged (a malformed night entry); prepare the dataset again",
-                             self.root) from None
+                             self.root)
+        spec = self.manifest.get("channel_spec")
+        kinds = spec.get("kinds") if isinstance(spec, dict) else None
+        if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) for k in kinds)):
+            raise InputError(f"{MANIFEST} is damaged (no list of channel kinds); prepare the dataset again",
+                             self.root)
+        _check_unique_ids(entries, self.root)
+        # A run that was killed left its finished nights in the journal; they are part of the dataset.
+        self.manifest["nights"] = merge_journal(entries, read_journal(self.root))
+        self.nights = [NightRecord(id=n["id"], subject=n["subject"], file=n["file"], n_epochs=n["n_epochs"],
+                                   meta=n) for n in self.manifest["nights"]]
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check every night file before use: inside the folder, one file per night, the manifest's shape."""
+        root = self.root.resolve()
+        owners: dict[Path, str] = {}
+        for n in self.nights:
+            path = (self.root / n.file).resolve()
+            if root not in path.parents:
+                raise InputError(f"{MANIFEST}: night {n.id!r} names a file outside the dataset folder ({n.file}); "
+                                 "prepare the dataset again", self.root)
+            if path in owners:
+                raise InputError(f"{MANIFEST}: nights {owners[path]!r} and {n.id!r} share one file ({n.file}); "
+                                 "prepare the dataset again", self.root)
+            owners[path] = n.id
+            check_night_file(self.root / n.file, n.n_epochs, len(self.channels))
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -148,6 +239,76 @@ def save_manifest(root: Path, manifest: dict) -> None:
     """Rewrite the manifest atomically, nights sorted by id."""
     manifest["nights"] = sorted(manifest["nights"], key=lambda n: n["id"])
     atomic_write_json(root / MANIFEST, manifest)
+
+
+def read_journal(root: Path) -> list[dict]:
+    """The night entries a run appended to ``root/manifest.journal`` (none when there is no journal).
+
+    Only whole lines count: the last one of a run killed while appending is left out.
+    """
+    try:
+        text = (root / JOURNAL).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the dataset's journal: {exc}", root / JOURNAL) from None
+    entries = []
+    for line in text.splitlines(keepends=True):
+        try:
+            entry = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            entry = None
+        if _well_formed(entry):
+            entries.append(entry)
+    return entries
+
+
+def merge_journal(nights: list[dict], journal: list[dict]) -> list[dict]:
+    """The manifest's nights with the journal's folded in (a journal entry replaces one of the same id)."""
+    by_id = {n["id"]: n for n in nights}
+    by_id.update((n["id"], n) for n in journal)
+    return sorted(by_id.values(), key=lambda n: n["id"])
+
+
+class Journal:
+    """Appends a run's finished nights to ``root/manifest.journal``: each on disk before the next night."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / JOURNAL
+        self._fh = None
+
+    def append(self, entry: dict) -> None:
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")
+                _fsync_folder(self.path.parent)  # the new file's name survives a power cut too
+            self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            err = WriteError(f"cannot write the file: {exc.strerror or exc}", self.path)
+            err.errno = exc.errno
+            raise err from None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+
+    def discard(self) -> None:
+        """Remove the journal (once the manifest holds its nights, or they belong to a dataset rebuilt)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot sync a folder; the data itself is synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

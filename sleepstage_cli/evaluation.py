@@ -33,7 +33,7 @@ from sleepstage_cli.errors import InputError, OutputExistsError, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_text
 from sleepstage_cli.io.edf import read_header
 from sleepstage_cli.io.hypnogram import TABLE_SUFFIXES, Hypnogram, has_stage_annotations, read_hypnogram
-from sleepstage_cli.io.layout import pairing_key
+from sleepstage_cli.io.layout import folder_files, pairing_key
 from sleepstage_cli.metrics import agreement, scores
 from sleepstage_cli.sleepstats import FIELD_BY_NAME, STAT_FIELDS, sleep_statistics, statistics_agreement
 from sleepstage_cli.stages import N_CLASSES, STAGES
@@ -93,11 +93,9 @@ _NOT_HYPNOGRAM_ENDINGS = (".attention.csv",)
 _SCORE_COPIES = (".events.tsv", ".annotations.edf")
 
 
-def _candidate(p: Path, folder: Path) -> bool:
+def _candidate(p: Path) -> bool:
     name = p.name.lower()
-    if not p.is_file() or p.suffix.lower() not in _HYPNOGRAM_SUFFIXES:
-        return False
-    if any(s.startswith(".") for s in p.relative_to(folder).parts):
+    if p.suffix.lower() not in _HYPNOGRAM_SUFFIXES:
         return False
     if name in _NOT_HYPNOGRAMS or name.endswith(_NOT_HYPNOGRAM_ENDINGS):
         return False
@@ -115,8 +113,8 @@ def _folder_hypnograms(folder: Path, role: str) -> dict[str, Path]:
     """
     skip = [d for d in folder.rglob("*") if d.is_dir() and ((d / "metrics.json").exists() or (d / MANIFEST).exists())]
     groups: dict[str, list[Path]] = {}
-    for p in sorted(folder.rglob("*")):
-        if _candidate(p, folder) and not any(d in p.parents for d in skip):
+    for p in folder_files(folder):  # hidden files (macOS's ._* companions) are left out, as everywhere
+        if _candidate(p) and not any(d in p.parents for d in skip):
             groups.setdefault(pairing_key(p.name), []).append(p)
     out: dict[str, Path] = {}
     for key, files in groups.items():

@@ -63,6 +63,8 @@ def encode_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torc
 def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
                 batch_size: int = 256, attention: bool = False, amp: bool = False) -> NightScores:
     """Aggregated log-probabilities for every epoch of one night (model in eval mode)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,82 @@ def save_model(path: str | Path, model: StagingModel, channel_spec: dict, condit
         fh.write(buf.getbuffer())
 
 
+# What a file that is not a torch archive holds, by its first bytes (torch files are zip archives).
+_MAGIC = ((b"\x93NUMPY", "a NumPy array file"), (b"\x80", "a Python pickle"), (b"0       ", "an EDF recording"),
+          (b"\xffBIOSEMI", "a BDF recording"), (b"\x89HDF", "an HDF5 file"), (b"\x1f\x8b", "a gzip file"),
+          (b"%PDF", "a PDF document"))
+
+
+def _not_torch(head: bytes) -> str:
+    """What a file that is no torch archive holds, from its first bytes, in a few words."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    text = head.decode("utf-8", errors="replace")  # a character cut at the end of ``head`` is one replacement
+    if b"\x00" not in head and text.count("\ufffd") <= 1 and all(c.isprintable() or c in "\t\r\n\ufffd"
+                                                                 for c in text):
+        return "text"
+    return "unknown binary data"
+
+
+def _kind_of(path: Path, exc: Exception | None = None) -> str | None:
+    """What ``path`` holds when it is clearly no torch model archive (None: a damaged one, or unknown).
+
+    ``exc`` is torch.load's error: a torch archive that needs code to load says which class it holds.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head and not head.startswith(b"PK\x03\x04"):
+        return f"{_not_torch(head)}, not a torch file"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in archive.namelist()):
+                return "a zip archive, not a torch file"
+    except (zipfile.BadZipFile, OSError):
+        return None  # a cut-off or damaged archive
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc or ""))
+    if found:  # torch would run code to rebuild it (a whole pickled module, NumPy objects...): never done
+        return f"a torch file of other objects: {found.group(1)}"
+    return None
+
+
+def read_torch_file(path: str | Path, what: str = "model file") -> object:
+    """``torch.load(weights_only=True)`` of ``path``, its failures said in one line naming the file.
+
+    A file that is no torch archive is refused without asking torch (whose advice to set
+    ``weights_only=False`` would run code from the file); a damaged archive is called so.
+    """
+    path = Path(path)
+    try:
+        kind = _kind_of(path) if path.stat().st_size else None
+    except OSError as exc:
+        raise InputError(f"cannot read the {what}: {exc.strerror or exc}", path) from None
+    if kind is not None:
+        raise InputError(f"not a sleepstage {what} ({kind})", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises assorted types for truncated/corrupted zip archives
+        kind = _kind_of(path, exc)
+        if kind is not None:
+            raise InputError(f"not a sleepstage {what} ({kind})", path) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = first if first and "weights_only" not in first else type(exc).__name__
+        if not path.stat().st_size:  # torch says "EOFError"
+            detail = "the file is empty"
+        raise InputError(f"not a readable {what} (truncated or corrupted?): {detail}", path) from None
+
+
+def _payload_kind(payload: object) -> str:
+    """What a torch file that is not a model file holds, in a few words."""
+    if not isinstance(payload, dict):
+        return f"a torch file holding a {type(payload).__name__}"
+    if {"fingerprint", "optimizer", "step"} <= set(payload):
+        return "a training checkpoint; finish the training with 'sleepstage train ... --resume' to get the model"
+    keys = [str(k) for k in list(payload)[:6]]
+    more = ", ..." if len(payload) > 6 else ""
+    return f"a torch file holding a dict of {', '.join(keys)}{more}" if keys else "a torch file holding an empty dict"
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Read a model file, refusing with one clear line what is not a usable sleepstage model."""
     path = Path(path)
@@ -77,13 +155,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         raise InputError("model file not found", path)
     if path.is_dir():
         raise InputError("is a folder, not a model file", path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises assorted types for truncated/corrupted zip archives
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"not a readable model file (truncated or corrupted?): {detail}", path) from None
+    payload = read_torch_file(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError("not a sleepstage model file", path)
+        raise InputError(f"not a sleepstage model file ({_payload_kind(payload)})", path)
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(f"model format version {version} is newer than this sleepstage reads ({FORMAT_VERSION}); "

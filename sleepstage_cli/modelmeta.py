@@ -36,14 +36,20 @@ class _WithoutTensors(pickle.Unpickler):
         return None
 
 
-def peek_metadata(path: str | Path) -> dict | None:
-    """Everything in a sleepstage model file but its weights, or None if it cannot be read this way."""
+def peek_payload(path: str | Path) -> dict | None:
+    """The dict a torch file of sleepstage's (model or checkpoint) holds, tensors as None; None if not one."""
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
             payload = _WithoutTensors(io.BytesIO(archive.read(name))).load()
     except Exception:  # not a zip, truncated, another pickle layout: let the real loader speak
         return None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+    return payload if isinstance(payload, dict) else None
+
+
+def peek_metadata(path: str | Path) -> dict | None:
+    """Everything in a sleepstage model file but its weights, or None if it cannot be read this way."""
+    payload = peek_payload(path)
+    if payload is None or payload.get("format") != MODEL_FORMAT:
         return None
     return {k: v for k, v in payload.items() if k != "state_dict"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import json
 import multiprocessing as mp
 import os
@@ -19,10 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepstage_cli.dataset import MANIFEST, NIGHTS_DIR, exclusive_lock, new_manifest, save_manifest, write_night
-from sleepstage_cli.errors import InputError, SleepstageError
+from sleepstage_cli.dataset import (
+    MANIFEST,
+    NIGHTS_DIR,
+    Journal,
+    exclusive_lock,
+    merge_journal,
+    new_manifest,
+    night_dtype,
+    read_journal,
+    save_manifest,
+    write_night,
+)
+from sleepstage_cli.errors import InputError, SleepstageError, WriteError
 from sleepstage_cli.fsutil import check_writable_folder, read_json
-from sleepstage_cli.interrupts import GracefulStop, ignore_interrupts
+from sleepstage_cli.interrupts import GracefulStop, die_with_parent
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import Hypnogram, keep_within_signal, read_hypnogram, trim_wake
@@ -33,6 +45,11 @@ from sleepstage_cli.stages import UNSCORED
 
 DEFAULT_MIN_HOURS = {"mass": 5.0}
 DEFAULT_TRIM_MINUTES = {"sleep-edf": 30.0}
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(SleepstageError):
+    """The disk (or quota) is full: an error of the run, not of the night being written."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,10 @@ class PrepareOptions:
 
 @dataclass
 class NightResult:
-    """Outcome of one night: ``record`` (its manifest entry) when prepared, else ``reason``."""
+    """Outcome of one night: ``record`` (its manifest entry) when prepared, else ``reason``.
+
+    ``fatal`` is set when the night failed for a reason that stops the whole run (a full disk).
+    """
 
     night_id: str
     psg: Path
@@ -61,6 +81,7 @@ class NightResult:
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
     internal_error: str = ""
+    fatal: str = ""
 
     @property
     def ok(self) -> bool:
@@ -89,6 +110,8 @@ def prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path) -> Nig
     result = NightResult(night_id=src.night_id, psg=src.psg)
     try:
         _prepare_night(src, opts, out_root, result)
+    except DiskFullError as exc:
+        result.fatal = str(exc)
     except SleepstageError as exc:
         result.record = None
         result.reason = str(exc)
@@ -140,6 +163,7 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
 
     with EdfReader(src.psg, header) as reader:
         signals = load_conditioned(reader, channels, opts.conditioning)
+    result.warnings.extend(signals.notes)
     starts = kept.onsets + window_offset
     x = signals.epochs(starts)
     missing, flat = signals.marked_fraction(starts)
@@ -152,7 +176,13 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
     kept = replace(kept, stages=labels)
 
     rel = f"{NIGHTS_DIR}/{src.night_id}.npy"
-    write_night(out_root / rel, x, kept.onsets.astype(np.float64), kept.stages)
+    try:
+        write_night(out_root / rel, x, kept.onsets.astype(np.float64), kept.stages)
+    except WriteError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        needed = x.shape[0] * night_dtype(x.shape[1]).itemsize
+        raise DiskFullError(f"{exc} (this night needs about {needed / 1e6:.1f} MB)") from None
     stat = src.psg.stat()
     result.record = {
         "id": src.night_id,
@@ -243,8 +273,9 @@ def open_output(root: Path, manifest: dict, force: bool, dry_run: bool = False) 
                                   f"({_differences(old, manifest)}); pass --force to rebuild it or choose "
                                   "another folder", root)
         for entry in [] if dry_run else old.get("nights", []):
-            if isinstance(entry, dict) and entry.get("file"):
-                (root / entry["file"]).unlink(missing_ok=True)
+            own = _own_night_file(root, entry)
+            if own is not None:
+                own.unlink(missing_ok=True)
         return manifest, False
     # The lock and temporary files of a run starting right now do not make the folder someone else's.
     theirs = [p for p in root.iterdir() if p.name != ".lock" and not (p.name[:1] == "." and p.name.endswith(".tmp"))
@@ -253,6 +284,22 @@ def open_output(root: Path, manifest: dict, force: bool, dry_run: bool = False) 
         raise SleepstageError("output folder exists and is not a sleepstage dataset; pass --force to write "
                               "into it or choose another folder", root)
     return manifest, False
+
+
+def _own_night_file(root: Path, entry: object) -> Path | None:
+    """The file an old manifest entry names, when it is provably one prepare wrote, else None.
+
+    A manifest is untrusted input: only ``nights/<id>.npy`` resolving to a file directly inside this
+    dataset's own nights folder counts, never an absolute path, ``..``, a link or another name.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not isinstance(entry.get("file"), str):
+        return None
+    if entry["file"] != f"{NIGHTS_DIR}/{entry['id']}.npy":
+        return None
+    path = root / entry["file"]
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != root.resolve() / NIGHTS_DIR:
+        return None
+    return path
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -280,13 +327,18 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
                 on_result: Callable[[NightResult], None] | None = None) -> PrepareSummary:
     """Prepare ``nights`` into the dataset at ``root`` (resuming a run with the same options).
 
-    ``on_start(to_do, already_there)`` and ``on_result(result)`` report progress.
+    ``on_start(to_do, already_there)`` and ``on_result(result)`` report progress. The manifest is
+    written at the start and the end of the run; in between each finished night goes to the journal.
+    A full disk stops the run with a DiskFullError, keeping the nights finished.
     """
     fresh = new_manifest(opts.spec.to_dict(), opts.conditioning.to_dict(), opts.to_dict())
     open_output(root, fresh, force, dry_run=True)  # refuse before anything is written or locked
     with exclusive_lock(root):
+        _fold_journal(root)  # the nights a killed run finished
         # Decided again under the lock: nothing is deleted while another run is writing here.
         manifest, resumed = open_output(root, fresh, force)
+        journal = Journal(root)
+        journal.discard()  # its nights are in the manifest now, or belonged to the dataset being rebuilt
         if resumed:
             by_id = {n.night_id: n for n in nights}
             manifest["nights"] = [e for e in manifest["nights"]
@@ -304,47 +356,111 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
 
         summary = PrepareSummary(root=root, layout=opts.layout, prepared=[], kept=kept,
                                  skipped=list(manifest["skipped"]), manifest=manifest)
-
-        attempted = set()
-
-        def record(res: NightResult) -> None:
-            attempted.add(res.night_id)
-            if res.ok:
-                manifest["nights"].append(res.record)
-                summary.prepared.append(res.record)
-            else:
-                entry = {"night": res.night_id, "path": str(res.psg), "reason": res.reason}
-                manifest["skipped"].append(entry)
-                summary.skipped = list(manifest["skipped"])
-                if res.internal_error:
-                    summary.internal_errors.append(res.internal_error)
-            save_manifest(root, manifest)
-            if on_result:
-                on_result(res)
-
+        rec = _Recorder(manifest, summary, journal, on_result)
         with GracefulStop("prepare") as stop:
-            if jobs <= 1 or len(todo) <= 1:
-                for src in todo:
-                    if stop.requested:
-                        break
-                    record(prepare_night(src, opts, root))
-            else:
-                ctx = mp.get_context("spawn")
-                with _single_threaded_children(), \
-                        cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
-                                               initializer=ignore_interrupts) as pool:
-                    futures = [pool.submit(_worker, (src, opts, root)) for src in todo]
-                    for fut in cf.as_completed(futures):
-                        if stop.requested:  # nights in progress finish (their files are atomic); no new ones
-                            for other in futures:
-                                other.cancel()
-                        if not fut.cancelled():
-                            record(fut.result())
-        summary.interrupted = stop.requested
-        summary.remaining = len(todo) - len(attempted)
-        summary.manifest = manifest
+            try:
+                _run_nights(todo, opts, root, jobs, stop, rec)
+            except BaseException:
+                _save_run(root, manifest, journal, quiet=True)
+                raise
+        _save_run(root, manifest, journal, quiet=bool(rec.fatal))
         _remove_stray_temp_files(root / NIGHTS_DIR)
+        if rec.fatal:
+            raise DiskFullError(f"{rec.fatal}; the run stopped: free some space and run the same command again to "
+                                f"continue ({len(manifest['nights'])} prepared night(s) are kept)")
+        summary.interrupted = stop.requested
+        summary.remaining = len(todo) - len(rec.attempted)
+        summary.manifest = manifest
         return summary
+
+
+class _Recorder:
+    """Takes each night's outcome into the manifest (in memory) and the journal (on disk, at once)."""
+
+    def __init__(self, manifest: dict, summary: PrepareSummary, journal: Journal,
+                 on_result: Callable[[NightResult], None] | None) -> None:
+        self.manifest, self.summary, self.journal, self.on_result = manifest, summary, journal, on_result
+        self.attempted: set[str] = set()
+        self.fatal = ""  # the first error of the run (a full disk): no new night starts
+
+    def __call__(self, res: NightResult) -> None:
+        self.attempted.add(res.night_id)
+        if res.fatal:
+            self.fatal = self.fatal or res.fatal
+            return
+        if res.ok:
+            self.manifest["nights"].append(res.record)
+            self.summary.prepared.append(res.record)
+            try:
+                self.journal.append(res.record)
+            except WriteError as exc:  # the night is complete; it reaches the manifest at the end of the run
+                if exc.errno not in _DISK_FULL:
+                    raise
+                self.fatal = self.fatal or str(exc)
+        else:
+            self.manifest["skipped"].append({"night": res.night_id, "path": str(res.psg), "reason": res.reason})
+            self.summary.skipped = list(self.manifest["skipped"])
+            if res.internal_error:
+                self.summary.internal_errors.append(res.internal_error)
+        if self.on_result:
+            self.on_result(res)
+
+
+def _run_nights(todo: list[NightSource], opts: PrepareOptions, root: Path, jobs: int, stop: GracefulStop,
+                rec: _Recorder) -> None:
+    """Prepare ``todo`` here or in ``jobs`` worker processes, until done, stopped or a fatal error."""
+    if jobs <= 1 or len(todo) <= 1:
+        for src in todo:
+            if stop.requested or rec.fatal:
+                break
+            rec(prepare_night(src, opts, root))
+        return
+    # Workers end with this process however it ends (kill -9 included), instead of living on as orphans.
+    with _single_threaded_children(), \
+            cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(_worker, (src, opts, root)) for src in todo]
+        try:
+            for fut in cf.as_completed(futures):
+                if stop.requested or rec.fatal:  # nights in progress finish (their files are atomic); no new ones
+                    for other in futures:
+                        other.cancel()
+                if not fut.cancelled():
+                    rec(fut.result())
+        finally:
+            for other in futures:  # after an error too: the pool must not go on with the nights left
+                other.cancel()
+
+
+def _fold_journal(root: Path) -> None:
+    """Fold a killed run's journal into its manifest (left alone when the manifest is not readable)."""
+    entries = read_journal(root)
+    if not entries or not (root / MANIFEST).exists():
+        return
+    try:
+        manifest = read_json(root / MANIFEST, "dataset manifest")
+    except SleepstageError:
+        return
+    nights = manifest.get("nights") if isinstance(manifest, dict) else None
+    if isinstance(nights, list) and all(isinstance(n, dict) and isinstance(n.get("id"), str) for n in nights):
+        manifest["nights"] = merge_journal(nights, entries)
+        save_manifest(root, manifest)
+
+
+def _save_run(root: Path, manifest: dict, journal: Journal, quiet: bool) -> None:
+    """Write the run's manifest; the journal goes only once the manifest holds its nights.
+
+    ``quiet``: the run is already failing; a manifest that cannot be written now (a full disk) is
+    left to the journal, which the next run (and every reader) folds in.
+    """
+    journal.close()
+    try:
+        save_manifest(root, manifest)
+    except OSError:
+        if not quiet:
+            raise
+        return
+    journal.discard()
 
 
 def _remove_stray_temp_files(folder: Path) -> None:

@@ -9,13 +9,13 @@ that were really recorded. Marked samples are set to 0 (the night's mean) afterw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.channels import ResolvedChannel
-from sleepstage_cli.io.edf import EdfHeader, EdfReader, record_onsets
+from sleepstage_cli.io.edf import EdfReader
 from sleepstage_cli.signals import EPOCH_SAMPLES, Conditioning, condition, filter_reach
 
 FLAT_SECONDS = 5.0
@@ -26,7 +26,8 @@ FLAT_SECONDS = 5.0
 class Conditioned:
     """Conditioned channels of one recording at ``rate`` Hz.
 
-    ``data`` (C, n) float32, standardised, 0 where marked; ``missing`` and ``flat`` (C, n) bool marks.
+    ``data`` (C, n) float32, standardised, 0 where marked; ``missing`` and ``flat`` (C, n) bool marks;
+    ``notes`` what the user should hear about the recording (e.g. how an odd header was read).
     """
 
     data: np.ndarray
@@ -34,6 +35,7 @@ class Conditioned:
     flat: np.ndarray
     rate: float
     channels: list[ResolvedChannel]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -71,9 +73,12 @@ class Conditioned:
         return frac(self.missing) + beyond[:, None], frac(self.flat)
 
 
-def _timeline(x: np.ndarray, header: EdfHeader, samples_per_record: int, onsets: np.ndarray) -> np.ndarray:
-    """Place the samples of each data record at its true start time; gaps become NaN."""
-    rate = samples_per_record / header.record_duration
+def _timeline(x: np.ndarray, rate: float, samples_per_record: int, onsets: np.ndarray) -> np.ndarray:
+    """Place the samples of each data record at its true start time; gaps become NaN.
+
+    ``onsets`` are the header's record onsets, the same that give its duration, so a hypnogram
+    clipped to that duration and the signal share one time line.
+    """
     starts = np.round(onsets * rate).astype(np.int64)
     total = int(starts[-1]) + samples_per_record
     out = np.full(total, np.nan, dtype=np.float32)
@@ -109,16 +114,15 @@ def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: C
                      flat_seconds: float = FLAT_SECONDS) -> Conditioned:
     """Read, mark, filter, resample and standardise ``channels`` of an open recording."""
     header = reader.header
-    onsets = record_onsets(header)
     rows, missing_rows, flat_rows = [], [], []
     for ch in channels:
         label = f"{ch.kind.upper()} {ch.expression!r}"
         x = reader.read(ch.plus)
         if ch.minus is not None:
             x -= reader.read(ch.minus)
-        if header.is_discontinuous:
-            x = _timeline(x, header, ch.plus.samples_per_record, onsets)
         rate = ch.sampling_rate
+        if header.is_discontinuous:
+            x = _timeline(x, rate, ch.plus.samples_per_record, header.onsets)
         miss_lo, miss_hi = _runs(~np.isfinite(x))
         flat_lo, flat_hi = _flat_intervals(x, max(2, int(flat_seconds * rate)))
         bad = int((miss_hi - miss_lo).sum() + (flat_hi - flat_lo).sum())
@@ -153,4 +157,5 @@ def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: C
         flat_rows.append(flat100)
     n = min(r.size for r in rows)  # channels of different native rates can differ by a sample
     return Conditioned(data=np.stack([r[:n] for r in rows]), missing=np.stack([m[:n] for m in missing_rows]),
-                       flat=np.stack([f[:n] for f in flat_rows]), rate=cond.rate, channels=list(channels))
+                       flat=np.stack([f[:n] for f in flat_rows]), rate=cond.rate, channels=list(channels),
+                       notes=list(reader.warnings))

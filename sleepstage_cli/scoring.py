@@ -120,6 +120,7 @@ def read_night(path: str | Path, spec: ChannelSpec, cond: Conditioning, night_id
     notes: list[str] = []
     with EdfReader(path, header) as reader:
         signals = load_conditioned(reader, channels, cond)
+    notes.extend(signals.notes)
     if epochs_from is not None:
         hyp = read_hypnogram(epochs_from)
         offset = -(EPOCH_SECONDS - hyp.epoch_length) / 2.0
@@ -198,15 +199,19 @@ class ReadAhead:
                  epochs_from: dict[Path, Path] | None = None, depth: int = 2) -> None:
         import concurrent.futures as cf
         import multiprocessing as mp
+        import os
         from collections import deque
 
-        from sleepstage_cli.interrupts import ignore_interrupts
+        from sleepstage_cli.interrupts import die_with_parent
         from sleepstage_cli.io.layout import night_key
 
         # Forked before torch is imported and before any thread starts, so the copy is clean and cheap;
         # later the parent's torch threads exist, but the worker was forked long before them.
         ctx = mp.get_context("fork" if "torch" not in sys.modules else "forkserver")
-        self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=ignore_interrupts)
+        # The worker ends with this process however it ends (kill -9 included). Our pid is passed, not
+        # looked up in the worker: a forkserver's worker has the server as its parent.
+        self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=die_with_parent,
+                                            initargs=(os.getpid(),))
         self._paths = iter(paths)
         self._queue: deque = deque()
         self._args = (spec, cond)

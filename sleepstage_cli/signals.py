@@ -1,6 +1,10 @@
 """Signal conditioning as SeqSleepNet's preprocessing describes it: zero-phase FIR filters, polyphase
 resampling to 100 Hz, per-night standardisation.
 
+Rates that are not a ratio of small integers to 100 Hz (199.99 Hz from an amplifier whose clock drifts,
+or a record duration such as 1.00005 s) are resampled by windowed-sinc interpolation at the exact
+output times instead, with the same anti-alias filter, so no rate is refused and none drifts.
+
 EEG and EOG are band-passed 0.3-40 Hz; EMG is high-passed at 10 Hz with notches at 50 and 60 Hz.
 Cut-offs are the -6 dB points of windowed-sinc (Hamming) FIR filters, applied forwards with their
 delay removed, so the phase is zero. The original used order-100 FIRs, which at 256 Hz pass 77 % of
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -84,18 +89,27 @@ def zero_phase_fir(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return dsp.fft_filter(x, taps)
 
 
-def resampling_ratio(rate_in: float, rate_out: float = TARGET_RATE) -> tuple[int, int]:
-    """Integer (up, down) with rate_in * up / down == rate_out (to 1 ppm)."""
+def resampling_ratio(rate_in: float, rate_out: float = TARGET_RATE) -> tuple[int, int] | None:
+    """Integer (up, down) with rate_in * up / down == rate_out (to 1 ppm), both at most 10000.
+
+    None when there is no such pair (e.g. 199.99 Hz): a polyphase filter would need too many phases.
+    """
     frac = Fraction(rate_out / rate_in).limit_denominator(10000)
-    if abs(rate_in * frac.numerator / frac.denominator - rate_out) > 1e-6 * rate_out:
-        raise InputError(f"cannot resample {rate_in:g} Hz to {rate_out:g} Hz by a rational factor")
+    if frac.numerator > 10000 or abs(rate_in * frac.numerator / frac.denominator - rate_out) > 1e-6 * rate_out:
+        return None
     return frac.numerator, frac.denominator
 
 
 def resample(x: np.ndarray, rate_in: float, rate_out: float = TARGET_RATE) -> np.ndarray:
-    """Polyphase resampling with a Kaiser-windowed anti-alias filter (in the dtype of ``x``)."""
-    up, down = resampling_ratio(rate_in, rate_out)
-    return dsp.resample_poly(x, up, down)
+    """Resampling with a Kaiser-windowed anti-alias filter (in the dtype of ``x``).
+
+    Polyphase for a rational ratio of small integers (every standard rate), else interpolation at the
+    exact output times (about three times slower, still a fraction of a second per hour-long channel).
+    """
+    ratio = resampling_ratio(rate_in, rate_out)
+    if ratio is None:
+        return dsp.resample_interp(x, rate_in, rate_out)
+    return dsp.resample_poly(x, *ratio)
 
 
 def condition(x: np.ndarray, rate: float, kind: str, cond: Conditioning = Conditioning()) -> np.ndarray:
@@ -109,22 +123,23 @@ def condition(x: np.ndarray, rate: float, kind: str, cond: Conditioning = Condit
 def filter_reach(kind: str, rate: float, cond: Conditioning = Conditioning()) -> float:
     """Seconds either side of a sample that its conditioned value depends on (filters and resampler)."""
     filt_rate = rate if kind == "emg" else cond.rate
-    up, down = resampling_ratio(rate, cond.rate)
-    resampler = 10 * max(up, down) / up / rate if up != down else 0.0
+    # Either resampler's filter spans 10 periods of the lower rate each side.
+    resampler = 10.0 / min(rate, cond.rate) if rate != cond.rate else 0.0
     return (len(design_filter(kind, filt_rate, cond)) // 2) / filt_rate + resampler
 
 
-def standardise(x: np.ndarray, what: str = "signal") -> np.ndarray:
+def standardise(x: np.ndarray, what: str = "signal", path: str | Path | None = None) -> np.ndarray:
     """Zero mean, unit standard deviation over the whole night, as float32.
 
-    Raises InputError for a flat or non-finite signal, which cannot be standardised.
+    Raises InputError (naming ``path``, the recording) for a flat or non-finite signal, which cannot
+    be standardised.
     """
     finite = np.isfinite(x)
     if not finite.all():
-        raise InputError(f"{what} contains {int((~finite).sum())} NaN or infinite samples")
+        raise InputError(f"{what} contains {int((~finite).sum())} NaN or infinite samples", path)
     mean = float(np.mean(x))
     std = float(np.std(x))
     if not std > 1e-9 * max(1.0, abs(mean)):
-        raise InputError(f"{what} is flat (constant {mean:g}); the electrode was probably disconnected")
+        raise InputError(f"{what} is flat (constant {mean:g}); the electrode was probably disconnected", path)
     out = (x - mean) / std
     return out.astype(np.float32)

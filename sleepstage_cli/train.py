@@ -21,16 +21,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sleepstage_cli import __version__
-from sleepstage_cli.dataset import NightRecord, PreparedDataset
+from sleepstage_cli.dataset import MANIFEST, NightRecord, PreparedDataset
 from sleepstage_cli.errors import InputError, Interrupted, OutputExistsError, SleepstageError
 from sleepstage_cli.features import RunningStats
-from sleepstage_cli.fsutil import atomic_open, atomic_write_json, atomic_write_text, check_writable_output
+from sleepstage_cli.fsutil import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_output,
+    refuse_replacing_inputs,
+)
 from sleepstage_cli.inference import autocast_for, score_night
 from sleepstage_cli.interrupts import GracefulStop
 from sleepstage_cli.loader import PassBatches, WindowDataset
 from sleepstage_cli.metrics import confusion_matrix, scores
 from sleepstage_cli.model import StagingModel
-from sleepstage_cli.modelfile import save_model
+from sleepstage_cli.modelfile import read_torch_file, save_model
 from sleepstage_cli.nets import NETS
 from sleepstage_cli.specache import SpectrogramCache
 from sleepstage_cli.stages import STAGES
@@ -178,16 +184,46 @@ def l2_penalty(model: StagingModel) -> torch.Tensor:
     return sum((p.float() ** 2).sum() for p in model.regularised_parameters()) / 2.0
 
 
-def check_options(ds: PreparedDataset, opts: TrainOptions) -> tuple[tuple[str, ...], list[int]]:
-    """Refuse bad training options (before anything is written); returns the channels used and their index."""
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (DataLoader workers) takes no more
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def check_range(option: str, value: float | None, low: float, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse a numeric option outside its range (``None``: not given), naming the option and the range."""
+    if value is None:
+        return
+    above = value > low if low_open else value >= low
+    below = high is None or (value < high if high_open else value <= high)
+    if not (above and below and math.isfinite(value)):
+        bounds = [f"{'greater than' if low_open else 'at least'} {_number(low)}"]
+        if high is not None:
+            bounds.append(f"{'below' if high_open else 'at most'} {_number(high)}")
+        finite = "a finite number " if math.isinf(value) else ""
+        raise InputError(f"{option} must be {finite}{' and '.join(bounds)} (got {_number(value)})")
+
+
+def check_values(opts: TrainOptions) -> None:
+    """Refuse a training option outside its range (what needs no dataset), naming the option and the range."""
     if opts.net not in NETS:
         raise InputError(f"unknown model {opts.net!r}; choose one of {', '.join(NETS)}")
-    if opts.epochs < 1 or opts.batch_size < 1 or opts.eval_every < 1:
-        raise InputError("--epochs, --batch-size and --eval-every must be at least 1")
-    if not (opts.lr > 0) or opts.l2 < 0:
-        raise InputError("--lr must be positive and --l2 not negative")
-    if opts.resolved_seq_len() < 1:
-        raise InputError("--seq-len must be at least 1")
+    for option, value in (("--epochs", opts.epochs), ("--batch-size", opts.batch_size),
+                          ("--eval-every", opts.eval_every), ("--seq-len", opts.seq_len),
+                          ("--max-steps", opts.max_steps)):
+        check_range(option, value, 1)
+    check_range("--lr", opts.lr, 0, low_open=True)
+    check_range("--l2", opts.l2, 0)
+    check_range("--seed", opts.seed, 0, MAX_SEED)
+    check_range("--workers", opts.workers, 0)
+    check_range("--dropout", opts.hparams.get("dropout"), 0, 1, high_open=True)
+
+
+def check_options(ds: PreparedDataset, opts: TrainOptions) -> tuple[tuple[str, ...], list[int]]:
+    """Refuse bad training options (before anything is written); returns the channels used and their index."""
+    check_values(opts)
     return channel_index(ds, opts.channels)
 
 
@@ -236,6 +272,39 @@ def evaluate(model: StagingModel, ds: PreparedDataset, nights: list[NightRecord]
     return out
 
 
+def refuse_overwriting_dataset(ds: PreparedDataset, output: Path) -> None:
+    """Refuse, --force or not, a model file, checkpoint or log that is or would replace a file of the dataset.
+
+    The manifest and night files are never replaced; another file inside the dataset folder only when
+    its content shows it is what this training writes (a model, checkpoint or log of an earlier run).
+    """
+    files = [ds.root / MANIFEST, *(ds.root / n.file for n in ds.nights)]
+    csv_path, json_path = log_paths(output)
+    for path, what in ((output, "model file"), (checkpoint_path(output), "checkpoint"), (csv_path, "training log"),
+                       (json_path, "training log")):
+        if not path.exists():  # replaces nothing (and a dataset of thousands of nights is not walked for it)
+            continue
+        refuse_replacing_inputs([path], files, what)
+        if not _written_by_training(path):
+            refuse_replacing_inputs([path], [ds.root], what)
+
+
+def _written_by_training(path: Path) -> bool:
+    """Whether an existing ``path`` is a model file, checkpoint or training log (by its content)."""
+    from sleepstage_cli.modelmeta import MODEL_FORMAT, peek_payload
+
+    if not path.is_file():
+        return False
+    if path.suffix in (".csv", ".json"):
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")[:4096]
+        except OSError:
+            return False
+        return head.startswith("step,pass,train_loss,") or ('"training":' in head and '"sleepstage_version":' in head)
+    payload = peek_payload(path) or {}
+    return payload.get("format") == MODEL_FORMAT or ("fingerprint" in payload and "optimizer" in payload)
+
+
 def checkpoint_path(output: Path) -> Path:
     return output.with_name(output.name + ".ckpt")
 
@@ -277,8 +346,10 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     cb = callbacks or Callbacks()
     t_start = time.time()
     output = Path(output)
+    check_range("--val-fraction", val_fraction, 0, 1, high_open=True)
     ds = PreparedDataset(dataset)
     kinds, index = check_options(ds, opts)
+    refuse_overwriting_dataset(ds, output)
     seq_len = opts.resolved_seq_len()
     if split is None:
         split = subject_split(ds, val_subjects, val_fraction, opts.seed, exclude_subjects)
@@ -307,11 +378,10 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     ckpt = None
     if resume and ckpt_path.exists():
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"checkpoint is unreadable ({str(exc).splitlines()[0] if str(exc) else exc}); "
-                             "start over with --force", ckpt_path) from None
-        if ckpt.get("fingerprint") != fingerprint:
+            ckpt = read_torch_file(ckpt_path, "checkpoint")
+        except InputError as exc:
+            raise InputError(f"{exc}; start over with --force", ckpt_path) from None
+        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
             raise InputError("checkpoint belongs to a run with other options, data or split; run the same command "
                              "as before with --resume, or start over with --force", ckpt_path)
     elif not resume or not ckpt_path.exists():

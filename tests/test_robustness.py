@@ -427,8 +427,10 @@ def test_score_damaged_model_file(world, tmp_path: Path, scored_before, damage: 
     data = world.model.read_bytes()
     model.write_bytes({"truncated": data[: len(data) // 2], "not-a-model": b"epoch,onset_s,stage\n" * 50,
                        "empty": b""}[damage])
+    said = ("not a sleepstage model file (text, not a torch file)" if damage == "not-a-model"
+            else "not a readable model file (truncated or corrupted?)")
     clean_error(cli("score", world.night, "-o", out, "--model", model, "--device", "cpu", "--force"),
-                str(model), "not a readable model file (truncated or corrupted?)")
+                str(model), said)
     assert_unchanged(before, out.parent)
 
 
@@ -797,7 +799,7 @@ def test_disk_full_prepare_night_file(world, tmp_path: Path, disk_full) -> None:
     os.utime(src / f"{NIGHTS[0]}.edf", (time.time() + 10, time.time() + 10))
     state = disk_full(night.name)
     res = cli("prepare", src, "-o", data, *CHANNELS, "-j", "1", "--strict")
-    clean_error(res, "skipped (--strict)", f"{night}: cannot write the file: No space left on device")
+    clean_error(res, f"{night}: cannot write the file: No space left on device", "the run stopped")
     assert state.hits == 1 and night.read_bytes() == before
     assert no_temp_files(data)
 
@@ -1311,7 +1313,7 @@ CASES = (
      "do not overlap in time; are they the same night?"),
     ("test_score_damaged_model_file[truncated]", "score", "model file cut in half",
      "not a readable model file (truncated or corrupted?)"),
-    ("test_score_damaged_model_file[not-a-model]", "score", "a CSV as --model", "not a readable model file"),
+    ("test_score_damaged_model_file[not-a-model]", "score", "a CSV as --model", "not a sleepstage model file (text"),
     ("test_score_model_from_another_channel_set", "score",
      "EEG+EOG+EMG model, EEG+EOG recording; --emg for an EEG+EOG model",
      "EMG channel 'EMG' not found; the file has: ... / it has no emg input"),

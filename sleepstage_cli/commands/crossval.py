@@ -335,7 +335,7 @@ def crossval(
     device_list = _devices(devices)
     n_jobs = jobs if jobs is not None else max(1, len(device_list))
     if n_jobs < 1:
-        raise InputError("--jobs must be at least 1")
+        raise InputError(f"--jobs must be at least 1 (got {n_jobs})")
     plan = plan_run(dataset, output, opts, folds, val_subjects_per_fold, test_fraction, split, device_list)
     check_run_dir(plan, force)  # a refused command says so before anything else
     _print_split(plan.split, dataset)

@@ -39,11 +39,11 @@ def evaluate(
         show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for metrics.json, the CSV tables and "
                                          "report.html.")] = Path("evaluation"),
-    tolerance: Annotated[float, typer.Option(help="Seconds two epoch onsets may differ and still be the same "
-                                             "epoch.")] = 1.0,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Seconds two epoch onsets may differ and still be "
+                                             "the same epoch (below half an epoch).")] = 1.0,
     epoch_length: Annotated[Optional[float], typer.Option(
-        help="Epoch length (s) of hypnogram tables without durations (default: inferred, else 30).",
-        show_default=False)] = None,
+        min=20.0, max=30.0, help="Epoch length (s) of hypnogram tables without durations: 30 or 20 (default: "
+                                 "inferred, else 30).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the files of an earlier evaluation in the "
                                         "output folder.")] = False,
 ) -> None:
@@ -55,9 +55,15 @@ def evaluate(
     epochs in either never count. Metrics are pooled over all epochs (as the SeqSleepNet paper reports them) and
     given per night with mean and SD over nights.
     """
-    from sleepstage_cli.errors import OutputExistsError
+    from sleepstage_cli.errors import InputError, OutputExistsError
     from sleepstage_cli.evaluation import OUTPUT_FILES, evaluate_paths, write_evaluation
+    from sleepstage_cli.io.hypnogram import SUPPORTED_EPOCHS
 
+    # Half an epoch depends on the hypnograms (read later, and checked again then); no epoch is longer than 30 s.
+    if not 0 <= tolerance < 15:
+        raise InputError(f"--tolerance must be at least 0 s and below half an epoch (15 s), got {tolerance:g}")
+    if epoch_length is not None and epoch_length not in SUPPORTED_EPOCHS:
+        raise InputError(f"--epoch-length takes 30 or 20 (seconds), not {epoch_length:g}")
     # Refuse before the (possibly long) reading, and again when writing.
     if not force and output.is_dir() and any((output / n).exists() for n in OUTPUT_FILES):
         raise OutputExistsError(output, "evaluation output")

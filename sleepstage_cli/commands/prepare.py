@@ -34,6 +34,15 @@ def _alternatives(value: str | None) -> tuple[str, ...] | None:
     return alts
 
 
+def _epoch_length(value: float | None) -> float | None:
+    from sleepstage_cli.io.hypnogram import SUPPORTED_EPOCHS
+
+    if value is not None and value not in SUPPORTED_EPOCHS:
+        raise typer.BadParameter(f"{value:g} is not an epoch length sleepstage reads: use "
+                                 f"{' or '.join(f'{e:g}' for e in sorted(SUPPORTED_EPOCHS))} (seconds)")
+    return value
+
+
 @app.command(epilog=_EXAMPLE)
 @command
 def prepare(
@@ -56,18 +65,18 @@ def prepare(
     trim: Annotated[Optional[bool], typer.Option(
         "--trim/--no-trim", help="Keep only --trim-minutes of wake before the first and after the last sleep "
                                  "epoch (default: on for Sleep-EDF, off otherwise).", show_default=False)] = None,
-    trim_minutes: Annotated[float, typer.Option(help="Wake kept around sleep when trimming.")] = 30.0,
+    trim_minutes: Annotated[float, typer.Option(help="Wake kept around sleep when trimming.", min=0.0)] = 30.0,
     min_hours: Annotated[Optional[float], typer.Option(
         help="Reject nights with less signal than this (default: 5 for MASS, as the original; 0 otherwise).",
-        show_default=False)] = None,
+        show_default=False, min=0.0)] = None,
     epoch_length: Annotated[Optional[float], typer.Option(
-        help="Epoch length (s) of hypnogram tables without durations (default: inferred, else 30).",
-        show_default=False)] = None,
+        help="Epoch length (s) of hypnogram tables without durations: 30 or 20 (default: inferred, else 30).",
+        show_default=False, callback=_epoch_length)] = None,
     subject_pattern: Annotated[Optional[str], typer.Option(
         help="Regular expression whose first group is the subject id in a generic night's file name "
              "(default: the name without a trailing night number).", show_default=False)] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Nights prepared in parallel (default: "
-                                                "cores, at most 4).", show_default=False)] = None,
+                                                "cores, at most 4).", show_default=False, min=1)] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild an output prepared with other options, or write "
                                         "into a non-dataset folder.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error if any night is skipped.")] = False,
@@ -114,8 +123,6 @@ def prepare(
         min_hours=min_hours if min_hours is not None else DEFAULT_MIN_HOURS.get(layout_name, 0.0),
         epoch_length=epoch_length,
     )
-    if jobs is not None and jobs < 1:
-        raise InputError("--jobs must be at least 1")
     n_jobs = jobs or default_jobs()
     described = (f"{', '.join(spec.kinds)} ({layout_name} preset)" if preset and not overrides
                  else spec.describe())

@@ -59,7 +59,7 @@ def train_options(model: str, channels: Optional[str], seq_len: Optional[int], e
                   dropout: Optional[float]):
     """Build TrainOptions from command-line values (shared by train and crossval)."""
     from sleepstage_cli.io.channels import parse_kinds
-    from sleepstage_cli.train import TrainOptions
+    from sleepstage_cli.train import TrainOptions, check_values
 
     hparams = {}
     if rnn is not None:
@@ -75,16 +75,12 @@ def train_options(model: str, channels: Optional[str], seq_len: Optional[int], e
             raise InputError(f"--output-layer takes per-position or shared, not {output_layer!r}")
         hparams["output"] = output_layer
     if dropout is not None:
-        if not 0 <= dropout < 1:
-            raise InputError("--dropout must be in [0, 1)")
         hparams["dropout"] = dropout
-    if workers is not None and workers < 0:
-        raise InputError("--workers must be 0 or more")
-    if max_steps is not None and max_steps < 1:
-        raise InputError("--max-steps must be at least 1")
-    return TrainOptions(net=model, channels=parse_kinds(channels) if channels else None, seq_len=seq_len,
+    opts = TrainOptions(net=model, channels=parse_kinds(channels) if channels else None, seq_len=seq_len,
                         epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, eval_every=eval_every, seed=seed,
                         device=device, amp=amp, workers=workers, max_steps=max_steps, hparams=hparams)
+    check_values(opts)  # before the dataset is read
+    return opts
 
 
 class ProgressCallbacks:

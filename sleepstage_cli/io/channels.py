@@ -2,7 +2,8 @@
 
 A channel is asked for by kind (eeg, eog, emg) with one or more candidate expressions, tried in
 order. An expression is a label (``EEG Fpz-Cz``) or a derivation ``A-B`` computed as the difference
-of two signals (``EEG C4-CLE - EEG A1-CLE``). Labels match ignoring case and spaces; a hyphenated
+of two signals (``EEG C4-CLE - EEG A1-CLE``). Labels match ignoring case, spaces and how a non-ASCII
+letter is composed (``Ä`` typed as one character or as ``A`` + diaeresis); a hyphenated
 expression is first tried as one label (Sleep-EDF's ``EEG Fpz-Cz`` is a single signal), then split
 at a hyphen where both sides are labels of the file.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def _norm(label: str) -> str:
-    return re.sub(r"\s+", "", label).lower()
+    return re.sub(r"\s+", "", unicodedata.normalize("NFC", label)).casefold()
 
 
 @dataclass(frozen=True)

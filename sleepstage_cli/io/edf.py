@@ -1,10 +1,13 @@
 """EDF, EDF+ and BDF files: a validating header parser and a lazy per-channel reader.
 
-The header is parsed here (it is 256 bytes plus 256 per signal, fixed-width ASCII) so that a broken
+The header is parsed here (it is 256 bytes plus 256 per signal, fixed-width text) so that a broken
 file gets a clear message before any library touches it, and so that channel listing never reads
-signal data. Samples are read with pyedflib, one channel at a time; files pyedflib refuses but MNE
-reads (e.g. a digital minimum it rejects) fall back to MNE. Values come back in microvolts whatever
-the case of the file's unit string (``uV``, ``UV``, ``µV``, ``mV``, ``V``).
+signal data. Header fields are UTF-8 when they decode as such (software writes labels like
+``EEG C4-Ä`` that way), else Latin-1. Samples are read with pyedflib, one channel at a time; a file
+pyedflib refuses (non-ASCII labels, swapped digital limits, ...) is read straight from its data
+records. Either way the header's linear scale is applied here, so odd limits are handled the same way
+whatever reads the samples. Values come back in microvolts whatever the case of the file's unit
+string (``uV``, ``UV``, ``µV``, ``mV``, ``V``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import datetime as dt
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +74,19 @@ class EdfHeader:
 
     @property
     def duration(self) -> float:
-        """Recording length in seconds (records x record duration)."""
-        return self.n_records * self.record_duration
+        """Seconds from the file's start to the end of its last data record.
+
+        Records x record duration, except in EDF+D where records start at their own onsets: there
+        the gaps between records count too, so that every reader shares one time line.
+        """
+        if not self.is_discontinuous or self.n_records == 0:
+            return self.n_records * self.record_duration
+        return float(self.onsets[-1]) + self.record_duration
+
+    @cached_property
+    def onsets(self) -> np.ndarray:
+        """Start of every data record, s from the file's start (read once; see record_onsets)."""
+        return record_onsets(self)
 
     @property
     def is_discontinuous(self) -> bool:
@@ -88,8 +103,9 @@ class EdfHeader:
 
 
 def _field(raw: bytes, what: str, path: Path) -> str:
+    # EDF asks for ASCII; real files hold UTF-8 (which ASCII is part of) or, from older software, Latin-1.
     try:
-        return raw.decode("ascii").strip()
+        return raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         return raw.decode("latin-1").strip()
 
@@ -252,6 +268,9 @@ def record_onsets(header: EdfHeader) -> np.ndarray:
         raise InputError("EDF+D data records have a time-keeping annotation that is not a finite number", header.path)
     if np.any(np.diff(onsets) < header.record_duration - 1e-6):
         raise InputError("EDF+D data records overlap or are out of order", header.path)
+    if not 0 <= onsets[0] <= 86400:  # the time line starts at the file's start time, before the first record
+        raise InputError(f"EDF+D data record 1 starts {onsets[0]:g} s from the file's start time; is its "
+                         "time-keeping annotation corrupted?", header.path)
     if onsets[-1] - onsets[0] > 7 * 86400:  # the gaps would become days of missing samples in memory
         raise InputError(f"EDF+D data record {header.n_records} starts {onsets[-1] - onsets[0]:g} s after the first, "
                          "longer than any recording; is its time-keeping annotation corrupted?", header.path)
@@ -262,13 +281,16 @@ class EdfReader:
     """Read single signals of an EDF file on demand, in microvolts.
 
     pyedflib is tried first (fast, reads one channel without touching the others); when it refuses
-    a file, MNE reads it instead, one channel at a time so that each keeps its own sampling rate.
+    a file, the samples are read straight from the data records (the header is already validated
+    against the file's size). ``warnings`` collects what was done about odd headers, once per signal.
     Use as a context manager.
     """
 
     def __init__(self, path: str | Path, header: EdfHeader | None = None) -> None:
         self.path = Path(path)
         self.header = header or read_header(self.path)
+        self.warnings: list[str] = []
+        self._warned: set[int] = set()
         self._pyedf = None
         self._backend = ""
 
@@ -285,7 +307,7 @@ class EdfReader:
 
     @property
     def backend(self) -> str:
-        """"pyedflib" or "mne" once a signal has been read."""
+        """"pyedflib" or "direct" once a signal has been read."""
         return self._backend
 
     def _open(self) -> None:
@@ -297,8 +319,8 @@ class EdfReader:
             self._pyedf = pyedflib.EdfReader(os.fspath(self.path))
             self._backend = "pyedflib"
         except OSError as exc:
-            log.info("%s: pyedflib cannot open it (%s); reading with MNE", self.path, exc)
-            self._backend = "mne"
+            log.info("%s: pyedflib cannot open it (%s); reading its data records directly", self.path, exc)
+            self._backend = "direct"
 
     def read(self, signal: SignalInfo) -> np.ndarray:
         """All samples of one signal as float32 microvolts (physical values x unit factor).
@@ -307,52 +329,81 @@ class EdfReader:
         float32 holds EDF's 16-bit (BDF's 24-bit) samples exactly enough and halves the memory of a
         long recording.
         """
+        origin, gain = self._scale(signal)
         self._open()
-        if self._backend == "pyedflib":
-            # pyedflib indexes signals without the annotation channel(s).
-            idx = signal.index - sum(1 for a in self.header.annotation_indices if a < signal.index)
-            try:
-                digital = self._pyedf.readSignal(idx, digital=True)
-            except Exception as exc:  # pyedflib raises assorted types on broken data
-                raise InputError(f"cannot read signal {signal.label!r}: {exc}", self.path) from None
-            # EDF's linear map from digital to physical values, applied in place in float32.
-            gain = (signal.physical_max - signal.physical_min) / (signal.digital_max - signal.digital_min)
-            data = digital.astype(np.float32)
-            del digital
-            data -= np.float32(signal.digital_min)
-            data *= np.float32(gain)
-            data += np.float32(signal.physical_min)
-        else:
-            data = self._read_mne(signal)
+        digital = self._read_pyedflib(signal) if self._backend == "pyedflib" else self._read_direct(signal)
         expected = self.header.n_records * signal.samples_per_record
-        if data.shape[0] != expected:
-            raise InputError(f"signal {signal.label!r} holds {data.shape[0]} samples, "
+        if digital.shape[0] != expected:
+            raise InputError(f"signal {signal.label!r} holds {digital.shape[0]} samples, "
                              f"the header declares {expected}", self.path)
+        # EDF's linear map from digital to physical values, applied in place in float32.
+        data = digital.astype(np.float32)
+        del digital
+        data -= np.float32(origin)
+        data *= np.float32(gain)
+        data += np.float32(signal.physical_min)
         factor = unit_to_microvolts(signal.unit)
         if factor is not None and factor != 1.0:
             data *= np.float32(factor)
         return data
 
-    def _read_mne(self, signal: SignalInfo) -> np.ndarray:
-        import mne
+    def _scale(self, signal: SignalInfo) -> tuple[float, float]:
+        """``(origin, gain)`` with physical = physical_min + (digital - origin) * gain.
 
+        EDF maps the digital minimum to the physical minimum and the maximum to the maximum. A
+        physical maximum below the minimum is EDF's way to invert a signal; a digital minimum above
+        the maximum is not allowed, so it is taken as two swapped fields rather than an inversion.
+        """
+        pmin, pmax = signal.physical_min, signal.physical_max
+        dmin, dmax = signal.digital_min, signal.digital_max
+        what = f"{self.path.name}: signal {signal.label!r}"
+        if pmin == pmax:
+            raise InputError(f"signal {signal.label!r} has equal physical minimum and maximum ({pmin:g}): its "
+                             "header gives no scale for its samples, so it cannot be used", self.path)
+        if dmin < dmax:
+            return dmin, (pmax - pmin) / (dmax - dmin)
+        if pmin > pmax:  # both pairs reversed: the same line as if neither were, a positive gain
+            self._warn(signal, f"{what} has its digital and physical minimum and maximum both reversed "
+                               f"({dmin}..{dmax}, {pmin:g}..{pmax:g}); read with the positive scale they describe")
+            return dmin, (pmax - pmin) / (dmax - dmin)
+        self._warn(signal, f"{what} has a digital minimum ({dmin}) above its digital maximum ({dmax}), which "
+                           "EDF does not allow; taken as swapped, so the signal is not inverted")
+        return dmax, (pmax - pmin) / (dmin - dmax)
+
+    def _warn(self, signal: SignalInfo, message: str) -> None:
+        if signal.index not in self._warned:
+            self._warned.add(signal.index)
+            self.warnings.append(message)
+
+    def _read_pyedflib(self, signal: SignalInfo) -> np.ndarray:
+        # pyedflib indexes signals without the annotation channel(s).
+        idx = signal.index - sum(1 for a in self.header.annotation_indices if a < signal.index)
         try:
-            raw = mne.io.read_raw_edf(self.path, include=[signal.label], preload=False,
-                                      stim_channel=None, verbose="error")
-            data = raw.get_data()[0]
-        except Exception as exc:
+            return self._pyedf.readSignal(idx, digital=True)
+        except Exception as exc:  # pyedflib raises assorted types on broken data
             raise InputError(f"cannot read signal {signal.label!r}: {exc}", self.path) from None
-        # MNE scales by its own reading of the unit string (1e-6 for exactly 'uV'/'µV', 1e-3 for
-        # 'mV', else 1); undo that to get the file's physical values, then apply ours.
-        gains = getattr(raw, "_raw_extras", [{}])[0].get("units")
-        gain = float(gains[0]) if gains is not None and len(gains) else _mne_unit_gain(signal.unit)
-        return (np.asarray(data, dtype=np.float64) / gain).astype(np.float32)
 
-
-def _mne_unit_gain(unit: str) -> float:
-    if unit in ("\u03bcV", "\u00b5V", "uV"):
-        return 1e-6
-    return 1e-3 if unit == "mV" else 1.0
+    def _read_direct(self, signal: SignalInfo) -> np.ndarray:
+        """Digital samples of one signal from the data records: 16-bit (EDF) or 24-bit (BDF) little-endian."""
+        h = self.header
+        if h.n_records == 0:
+            return np.zeros(0, np.int32)
+        sb = h.sample_bytes
+        start = sum(h.record_samples[:signal.index]) * sb
+        width = signal.samples_per_record * sb
+        try:
+            records = np.memmap(self.path, dtype=np.uint8, mode="r", offset=h.header_bytes,
+                                shape=(h.n_records, sum(h.record_samples) * sb))
+            raw = np.ascontiguousarray(records[:, start:start + width]).reshape(-1, sb)
+            del records
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read signal {signal.label!r}: {exc}", self.path) from None
+        if sb == 2:
+            return raw.view("<i2").ravel()
+        b = raw.astype(np.int32)
+        value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        value[value >= 1 << 23] -= 1 << 24  # 24-bit two's complement
+        return value
 
 
 def read_annotations(path: str | Path, header: EdfHeader | None = None

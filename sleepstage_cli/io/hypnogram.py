@@ -1,6 +1,6 @@
 """Hypnograms in: EDF+ annotation files (MASS ``Base.edf``, Sleep-EDF ``*-Hypnogram.edf``, HMC
 ``*_sleepscoring.edf``), EDF+ signal files that carry their own stage annotations, and CSV/TSV tables
-(one stage per epoch, or onset/duration/stage rows).
+(one stage per epoch, onset/duration/stage rows, or numbered epochs: see :func:`from_table`).
 
 Every format becomes a :class:`Hypnogram`: one row per scored epoch with its onset in seconds from
 the start of the recording and an AASM code (R&K 3 and 4 -> N3; ``?``, movement time and the like
@@ -31,6 +31,9 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 
 _ONSET_COLUMNS = ("onset", "onset_s", "onset_sec", "start", "start_s", "start_time", "time", "begin")
 _DURATION_COLUMNS = ("duration", "duration_s", "dur", "length", "epoch_length")
+_EPOCH_COLUMNS = ("epoch", "epoch_no", "epoch_nr", "epoch_number", "epoch_index", "epoch_idx", "epoch_id",
+                  "epoch #", "epoch#", "epoch nr", "epoch number")
+_DELIMITERS = ("\t", ";", ",", "|")
 _STAGE_COLUMNS = ("stage", "sleep_stage", "stages", "label", "description", "value", "trial_type",
                   "hypnogram", "annotation", "event", "score")
 
@@ -187,14 +190,15 @@ def has_stage_annotations(path: str | Path, header: EdfHeader | None = None) -> 
 
 # --------------------------------------------------------------------------- tables
 
-def _sniff_delimiter(path: Path, sample: str) -> str | None:
-    if path.suffix.lower() == ".tsv" or "\t" in sample:
-        return "\t"
-    if path.suffix.lower() == ".csv" or "," in sample:
-        return ","
-    if ";" in sample:
-        return ";"
-    return None  # whitespace
+def _sniff_delimiter(path: Path, first_line: str) -> str | None:
+    """The column separator: the candidate (tab, ``;``, ``,``, ``|``) found most often in the first line, ties
+    in that order (``0,5;W``: a European file with a decimal comma is ``;``); with none there, the suffix's
+    (``.tsv`` tab, ``.csv`` comma: a one-column file); else None (columns separated by white space)."""
+    counts = {d: first_line.count(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=counts.__getitem__)  # the first of the most frequent
+    if counts[best]:
+        return best
+    return {".tsv": "\t", ".csv": ","}.get(path.suffix.lower())
 
 
 def _parse_stage_cell(value: str, where: str, path: Path) -> int:
@@ -209,31 +213,48 @@ def _parse_stage_cell(value: str, where: str, path: Path) -> int:
         raise InputError(f"unknown sleep stage {text!r} {where}", path) from None
 
 
-def from_table(path: str | Path, epoch_length: float | None = None) -> Hypnogram:
-    """Read a CSV/TSV/TXT hypnogram.
+def _number(cell: str, decimal_comma: bool) -> float:
+    """A numeric cell; ``2,5`` is 2.5 in a ``;``-separated file (European spreadsheets)."""
+    return float(cell.replace(",", ".") if decimal_comma else cell)
 
-    With a header naming an onset and a stage column (``onset,duration,stage``; BIDS events
-    ``onset,duration,trial_type``; our own ``epoch,onset_s,stage,...``), rows are intervals. Without
-    one, the file is one stage per line for consecutive epochs from time 0. Stage cells are strings
-    (``W``, ``N1``, ``Sleep stage 4``, ``R``, ``?``) or integers in YASA's coding (0 W, 1 N1, 2 N2,
-    3 N3, 4 REM, -1 unscored).
-    """
-    path = Path(path)
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """The file's lines that hold data (not blank, not ``#`` comments), with their line numbers."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
         raise InputError(f"cannot read hypnogram: {exc.strerror or exc}", path) from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [(n, ln) for n, ln in enumerate(text.splitlines(), start=1)
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def from_table(path: str | Path, epoch_length: float | None = None) -> Hypnogram:
+    """Read a CSV/TSV/TXT hypnogram.
+
+    With a header naming an onset and a stage column (``onset,duration,stage``; BIDS events
+    ``onset,duration,trial_type``; our own ``epoch,onset_s,stage,...``), rows are intervals. With an
+    epoch-number column and no onsets (``Epoch,Stage``), rows are the numbered epochs: numbers count
+    from 1 (epoch 1 starts at 0 s, as scoring software exports them) unless the first is 0; missing
+    numbers are unscored epochs, and numbers must increase. Without a header, the file is one stage per
+    line for consecutive epochs from time 0. Columns are separated by tabs, ``;``, ``,`` or ``|``
+    (detected; ``;`` files may use decimal commas) or white space. Stage cells are strings (``W``,
+    ``N1``, ``Sleep stage 4``, ``R``, ``?``) or integers in YASA's coding (0 W, 1 N1, 2 N2, 3 N3,
+    4 REM, -1 unscored). Errors name the file's line.
+    """
+    path = Path(path)
+    lines = _read_lines(path)
     if not lines:
         raise InputError("hypnogram file is empty", path)
-    if lines[0].strip().lower() == "[hypnogram]":
+    if lines[0][1].strip().lower() == "[hypnogram]":
         raise InputError("DREAMS-style [Hypnogram] files score 5-s epochs; sleepstage needs 30-s (or 20-s) "
                          "epochs", path)
-    delim = _sniff_delimiter(path, lines[0])
-    rows = list(csv.reader(lines, delimiter=delim)) if delim else [ln.split() for ln in lines]
+    delim = _sniff_delimiter(path, lines[0][1])
+    texts = [ln for _, ln in lines]
+    rows = list(csv.reader(texts, delimiter=delim)) if delim else [ln.split() for ln in texts]
     rows = [[c.strip() for c in r] for r in rows]
+    numbers = [n for n, _ in lines]
     head = [c.lower() for c in rows[0]]
 
     def find(names: tuple[str, ...]) -> int | None:
@@ -243,33 +264,55 @@ def from_table(path: str | Path, epoch_length: float | None = None) -> Hypnogram
         return None
 
     i_stage, i_onset, i_dur = find(_STAGE_COLUMNS), find(_ONSET_COLUMNS), find(_DURATION_COLUMNS)
-    if i_stage is not None:
-        body = rows[1:]
-        if not body:
-            raise InputError("hypnogram has a header but no rows", path)
-        codes, onsets, durations = [], [], []
-        for n, row in enumerate(body, start=2):
-            if len(row) != len(head):
-                raise InputError(f"line {n} has {len(row)} fields, the header has {len(head)}", path)
-            codes.append(_parse_stage_cell(row[i_stage], f"on line {n}", path))
-            try:
-                onsets.append(float(row[i_onset]) if i_onset is not None else math.nan)
-                durations.append(float(row[i_dur]) if i_dur is not None else 0.0)
-            except ValueError:
-                raise InputError(f"line {n}: onset/duration is not a number", path) from None
-        if i_onset is None:
-            length = epoch_length or 30.0
-            onsets = list(length * np.arange(len(codes)))
-            durations = [length] * len(codes)
-        return from_intervals(np.array(onsets), np.array(durations), np.array(codes), path,
-                              epoch_length or (None if i_dur is not None else _step(onsets, path)))
-    if any(len(r) != 1 for r in rows):
-        raise InputError("cannot tell the columns of this hypnogram: give it a header such as "
-                         "'onset,duration,stage', or one stage per line", path)
-    codes = [_parse_stage_cell(r[0], f"on line {n}", path) for n, r in enumerate(rows, start=1)]
-    length = epoch_length or 30.0
-    return from_intervals(length * np.arange(len(codes)), np.full(len(codes), length), np.array(codes), path,
-                          length)
+    if i_stage is None:
+        if any(len(r) != 1 for r in rows):
+            raise InputError("cannot tell the columns of this hypnogram: give it a header such as "
+                             "'onset,duration,stage', or one stage per line", path)
+        codes = [_parse_stage_cell(r[0], f"on line {n}", path) for n, r in zip(numbers, rows)]
+        length = epoch_length or 30.0
+        return from_intervals(length * np.arange(len(codes)), np.full(len(codes), length), np.array(codes), path,
+                              length)
+    body = list(zip(numbers[1:], rows[1:]))
+    if not body:
+        raise InputError("hypnogram has a header but no rows", path)
+    codes, onsets, durations = [], [], []
+    for n, row in body:
+        if len(row) != len(head):
+            raise InputError(f"line {n} has {len(row)} fields, the header has {len(head)}", path)
+        codes.append(_parse_stage_cell(row[i_stage], f"on line {n}", path))
+        try:
+            onsets.append(_number(row[i_onset], delim == ";") if i_onset is not None else math.nan)
+            durations.append(_number(row[i_dur], delim == ";") if i_dur is not None else 0.0)
+        except ValueError:
+            raise InputError(f"line {n}: onset/duration is not a number", path) from None
+    if i_onset is None:
+        length = epoch_length or 30.0
+        i_epoch = find(_EPOCH_COLUMNS)
+        steps = (_epoch_steps([(n, row[i_epoch]) for n, row in body], delim == ";", path) if i_epoch is not None
+                 else np.arange(len(codes)))
+        return from_intervals(length * steps, np.full(len(codes), length), np.array(codes), path, length)
+    return from_intervals(np.array(onsets), np.array(durations), np.array(codes), path,
+                          epoch_length or (None if i_dur is not None else _step(onsets, path)))
+
+
+def _epoch_steps(cells: list[tuple[int, str]], decimal_comma: bool, path: Path) -> np.ndarray:
+    """Each row's epoch index from the start of the recording, from an epoch-number column: numbers count
+    from 1, or from 0 when the first is 0. ``cells`` are (line number, cell); numbers must be whole and
+    increasing."""
+    numbers: list[int] = []
+    for line, cell in cells:
+        try:
+            value = _number(cell, decimal_comma)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value.is_integer() and value >= 0):
+            raise InputError(f"line {line}: epoch number {cell!r} is not a whole number of 0 or more", path)
+        if numbers and value <= numbers[-1]:
+            what = "is given twice" if value == numbers[-1] else f"is lower than the one before it ({numbers[-1]})"
+            raise InputError(f"line {line}: epoch number {int(value)} {what}; epoch numbers must increase", path)
+        numbers.append(int(value))
+    first = 0 if numbers[0] == 0 else 1
+    return np.asarray(numbers, float) - first
 
 
 def _step(onsets: list[float], path: Path) -> float | None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,20 +51,33 @@ class Skip:
     reason: str
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (recursively, sorted) that every command reads: hidden files and folders
+    (names starting with ``.``: macOS's ``._*`` AppleDouble companions, ``.Trash``, editors' temporaries,
+    our own temporary files) are never recordings or hypnograms."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _collect(sources: list[Path]) -> list[Path]:
+    """The files under ``sources``, by the names the user sees (a symlink keeps its own name, which is what
+    pairs it), absolute; one file reached twice (a folder and a file in it, two links) counts once."""
     files: list[Path] = []
     for src in sources:
         if not src.exists():
             raise InputError("not found", src)
         if src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+            found = folder_files(src)
             if not found:
                 raise InputError("folder is empty", src)
             files.extend(found)
         else:
             files.append(src)
-    unique = list(dict.fromkeys(p.resolve() for p in files))
-    return unique
+    unique: dict[Path, Path] = {}
+    for p in files:
+        unique.setdefault(p.resolve(), Path(os.path.abspath(p)))
+    return list(unique.values())
 
 
 def detect_layout(files: list[Path]) -> str:
@@ -203,11 +217,13 @@ def _pair_generic(files: list[Path], subject_pattern: str) -> tuple[list[NightSo
     for p in [a for a, _ in annotation_edfs] + tables:
         candidates.setdefault(_stem_key(p), []).append(p)
     nights, skips = [], []
+    considered: set[Path] = set()
     for p, header in signal_files:
         if isinstance(header, InputError):
             skips.append(Skip(p, str(header).removeprefix(f"{p}: ")))
             continue
         found = candidates.get(_stem_key(p), [])
+        considered.update(found)
         beside = [f for f in found if f.parent == p.parent]
         found = beside or found  # a hypnogram in the same folder wins; else one given elsewhere
         if len(found) > 1:
@@ -220,4 +236,9 @@ def _pair_generic(files: list[Path], subject_pattern: str) -> tuple[list[NightSo
             night_id=night_id, subject=subject_of(p.stem, subject_pattern), psg=p, hypnogram=hyp,
             missing_hypnogram="no hypnogram: no sleep stage annotations inside it and no hypnogram file beside it "
                               f"({p.stem}.csv, {p.stem}.tsv, {p.stem}-Hypnogram.edf, ...)"))
+    # An annotations-only EDF is a hypnogram for sure (unlike any .csv or .txt lying around): say why it
+    # gives no night, instead of leaving the user with "0 night(s) found".
+    skips.extend(Skip(a, "holds only annotations (a hypnogram) and no recording was found to pair it with "
+                         f"(a recording named like it, e.g. {_HYP_SUFFIX.sub('', a.stem) or a.stem}.edf, beside it)")
+                 for a, _ in annotation_edfs if a not in considered)
     return nights, skips

@@ -17,6 +17,7 @@ artefacts, varied across subjects and epochs so that staging them is learnable b
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,41 @@ class SimulatedNight:
                 "channels": self.channels}
 
 
-def _check(layout: str, nights: int, seed: int, hours: float, subset: str, study: str) -> tuple[str, str, str]:
+def clear_previous(out_dir: Path) -> int:
+    """Delete the files an earlier ``simulate`` wrote into ``out_dir``, and nothing else; how many.
+
+    Only names listed in its ``simulation.json`` count, and only as plain files directly inside
+    ``out_dir`` (no links, no paths): the manifest is input, and may have been edited. A folder with
+    other files but no ``simulation.json`` was not written by simulate and is refused.
+    """
+    out_dir = Path(out_dir)
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        raise SleepstageError(f"output folder is not empty and holds no {MANIFEST}, so it was not written by "
+                              "'sleepstage simulate'; --force replaces only simulated nights: choose an empty "
+                              "or new folder", out_dir)
+    names = {"channels.toml"}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        for night in data.get("nights", []):
+            names.update(str(night.get(k, "")) for k in ("psg", "hypnogram"))
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise SleepstageError(f"{MANIFEST} is damaged; remove the folder's simulated files by hand or choose "
+                              "another folder", out_dir) from None
+    root = out_dir.resolve()
+    removed = 0
+    for name in sorted(names):
+        p = out_dir / name
+        if (name and Path(name).name == name and p.is_file() and not p.is_symlink()
+                and p.resolve().parent == root):
+            p.unlink()
+            removed += 1
+    manifest.unlink()
+    return removed + 1
+
+
+def check_arguments(layout: str, nights: int, seed: int, hours: float, subset: str,
+                    study: str) -> tuple[str, str, str]:
     if not isinstance(layout, str) or layout.strip().lower() not in LAYOUTS:
         raise SleepstageError(f"unknown layout {layout!r} (use {', '.join(LAYOUTS)})")
     if isinstance(nights, bool) or not isinstance(nights, (int, np.integer)) or nights < 1:
@@ -142,7 +177,7 @@ def simulate(out_dir: Path, nights: int, layout: str = "mass", seed: int = 0, ho
     ------
     SleepstageError for a bad argument or an output folder that cannot be written.
     """
-    layout, subset, study = _check(layout, nights, seed, hours, subset, study)
+    layout, subset, study = check_arguments(layout, nights, seed, hours, subset, study)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SleepstageError("output is not a folder", out_dir)

@@ -43,12 +43,12 @@ import time, json
 t0 = time.perf_counter()
 from pathlib import Path
 import numpy as np
-import sleepstage_cli.recording as rec
-import sleepstage_cli.signals as sig
+import sleepstage_cli.conditioning.recording as rec
+import sleepstage_cli.conditioning.signals as sig
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.channels import build_spec, resolve_channels
 from sleepstage_cli.io.hypnogram import read_hypnogram
-from sleepstage_cli.dataset import write_night
+from sleepstage_cli.data.dataset import write_night
 t = {{"import": time.perf_counter() - t0}}
 acc = {{"read EDF": 0.0, "filter (FIR)": 0.0, "resample": 0.0}}
 orig_read, orig_fir, orig_res = EdfReader.read, sig.zero_phase_fir, sig.resample

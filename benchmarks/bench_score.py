@@ -85,10 +85,12 @@ def run_yasa(edf: Path, out: Path) -> C.ProcRun:
 STAGES_CODE = r"""
 import json, sys, time
 T0 = time.perf_counter()
-import sleepstage_cli.cli as cli
-import sleepstage_cli.commands.score, sleepstage_cli.modelfile, sleepstage_cli.scoring, sleepstage_cli.inference
-import sleepstage_cli.recording, sleepstage_cli.signals, sleepstage_cli.report, sleepstage_cli.io.export
-import sleepstage_cli.sleepstats, sleepstage_cli.io.edf, pyedflib, torch
+import sleepstage_cli.cli.main as cli
+import sleepstage_cli.cli.commands.score, sleepstage_cli.model.modelfile
+import sleepstage_cli.scoring.pipeline, sleepstage_cli.scoring.inference
+import sleepstage_cli.conditioning.recording, sleepstage_cli.conditioning.signals
+import sleepstage_cli.report.html, sleepstage_cli.io.export
+import sleepstage_cli.evaluation.sleepstats, sleepstage_cli.io.edf, pyedflib, torch
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
@@ -106,15 +108,15 @@ def wrap(mod, name, label):
             mem[label] = hwm()
     setattr(mod, name, g)
 M = sys.modules
-wrap(M["sleepstage_cli.modelfile"], "load_model", "load model file")
+wrap(M["sleepstage_cli.model.modelfile"], "load_model", "load model file")
 wrap(M["sleepstage_cli.io.edf"].EdfReader, "read", "read EDF (pyedflib)")
-wrap(M["sleepstage_cli.signals"], "zero_phase_fir", "filter (FIR)")
-wrap(M["sleepstage_cli.signals"], "resample", "resample to 100 Hz")
-wrap(M["sleepstage_cli.scoring"], "load_conditioned", "_conditioning total")
-wrap(M["sleepstage_cli.scoring"], "read_night", "_read_night total")
-wrap(M["sleepstage_cli.inference"], "score_night", "_score_night total")
-wrap(M["sleepstage_cli.inference"], "encode_night", "_encode total")
-wrap(M["sleepstage_cli.commands.score"], "_score_one", "_score_one total")
+wrap(M["sleepstage_cli.conditioning.signals"], "zero_phase_fir", "filter (FIR)")
+wrap(M["sleepstage_cli.conditioning.signals"], "resample", "resample to 100 Hz")
+wrap(M["sleepstage_cli.scoring.pipeline"], "load_conditioned", "_conditioning total")
+wrap(M["sleepstage_cli.scoring.pipeline"], "read_night", "_read_night total")
+wrap(M["sleepstage_cli.scoring.inference"], "score_night", "_score_night total")
+wrap(M["sleepstage_cli.scoring.inference"], "encode_night", "_encode total")
+wrap(M["sleepstage_cli.cli.commands.score"], "_score_one", "_score_one total")
 # The real command reads the night in a worker process while torch loads; here it is read in this
 # process, one stage after the other, so that every stage is timed (and the stages add up to more).
 class InProcess:
@@ -127,12 +129,12 @@ class InProcess:
     def __iter__(self):
         from sleepstage_cli.io.layout import night_key
         for p, spec, cond, ef in self.items:
-            yield p, M["sleepstage_cli.scoring"].read_night(p, spec, cond, night_key(p), ef)
-M["sleepstage_cli.scoring"].ReadAhead = InProcess
+            yield p, M["sleepstage_cli.scoring.pipeline"].read_night(p, spec, cond, night_key(p), ef)
+M["sleepstage_cli.scoring.pipeline"].ReadAhead = InProcess
 wrap(M["sleepstage_cli.io.export"], "write_csv", "write CSV")
-wrap(M["sleepstage_cli.report"], "night_report_html", "report HTML (plots)")
-wrap(M["sleepstage_cli.report"], "write_report", "report write")
-orig_load = M["sleepstage_cli.modelfile"].load_model
+wrap(M["sleepstage_cli.report.html"], "night_report_html", "report HTML (plots)")
+wrap(M["sleepstage_cli.report.html"], "write_report", "report write")
+orig_load = M["sleepstage_cli.model.modelfile"].load_model
 def load_and_hook(*a, **k):
     lm = orig_load(*a, **k)
     m = lm.model
@@ -144,7 +146,7 @@ def load_and_hook(*a, **k):
     m.frontend.register_forward_pre_hook(start)
     m.normalizer.register_forward_hook(stop)
     return lm
-M["sleepstage_cli.modelfile"].load_model = load_and_hook
+M["sleepstage_cli.model.modelfile"].load_model = load_and_hook
 sys.argv = ["sleepstage"] + sys.argv[1:]
 T1 = time.perf_counter()
 try:

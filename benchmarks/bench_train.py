@@ -9,7 +9,7 @@ prepared once, cached):
   cycled), with train.py's loss (``loss_fn`` + L2 via ``l2_penalty``) and Adam: the reference.
 - ``pipeline``: the same loop fed by train.py's own pieces: ``WindowDataset`` (memory-mapped night files) +
   ``PassBatches`` + ``DataLoader`` (workers as train.py picks them on CPU: 0).
-- ``train_model``: ``sleepstage_cli.train.train_model`` itself (no validation); its step rate is read from
+- ``train_model``: ``sleepstage_cli.training.train.train_model`` itself (no validation); its step rate is read from
   per-step timestamps of its progress callback, so set-up (normalisation statistics) and saving do not count.
 - ``loader only``: the DataLoader iterated without a model (what a batch costs to fetch).
 
@@ -82,7 +82,7 @@ class StepTimer:
 def make_model(stats: tuple | None, seed: int = 0):
     import torch
 
-    from sleepstage_cli.model import StagingModel
+    from sleepstage_cli.model.staging import StagingModel
 
     torch.manual_seed(seed)
     model = StagingModel("seqsleepnet", N_CHANNELS, SEQ_LEN)
@@ -100,7 +100,7 @@ def train_steps(model, opt, batches, n: int, l2: float = 1e-3, detail: dict | No
     appends each step's process CPU seconds. With ``spectrogram``, ``x`` holds cached spectrograms and the
     model is called as train.py calls it then (``model(x, spectrogram=True)``).
     """
-    from sleepstage_cli.train import l2_penalty, loss_fn
+    from sleepstage_cli.training.train import l2_penalty, loss_fn
 
     times = []
     for _ in range(n):
@@ -135,8 +135,8 @@ def loader_iter(ds, nights, seed: int = 0, feature_files: list | None = None):
     import torch
     from torch.utils.data import DataLoader
 
-    from sleepstage_cli.loader import PassBatches, WindowDataset
-    from sleepstage_cli.train import _seed_worker
+    from sleepstage_cli.data.loader import PassBatches, WindowDataset
+    from sleepstage_cli.training.train import _seed_worker
 
     extra = {"feature_files": feature_files} if feature_files is not None else {}
     windows = WindowDataset(ds.root, nights, SEQ_LEN, list(range(N_CHANNELS)), **extra)
@@ -148,7 +148,7 @@ def loader_iter(ds, nights, seed: int = 0, feature_files: list | None = None):
 
 def run_train_model(ds_root: Path, out: Path, steps: int, warmup: int) -> dict:
     """``train_model`` for ``warmup + steps`` steps; steady rate from its per-step callback timestamps."""
-    from sleepstage_cli.train import Callbacks, TrainOptions, train_model
+    from sleepstage_cli.training.train import Callbacks, TrainOptions, train_model
 
     stamps: list[float] = []
 
@@ -188,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sleepstage_cli.dataset import PreparedDataset
-    from sleepstage_cli.loader import WindowDataset
-    from sleepstage_cli.train import normalisation_stats
+    from sleepstage_cli.data.dataset import PreparedDataset
+    from sleepstage_cli.data.loader import WindowDataset
+    from sleepstage_cli.training.train import normalisation_stats
 
     print("bench_train: SeqSleepNet L=20, batch 32, 3 channels, CPU")
     machine = C.print_machine()
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_pass = -(-n_windows // BATCH)
     # Since 4955fc7 train.py trains on cached spectrograms (specache.py); before, the front end ran every step.
     try:
-        from sleepstage_cli.specache import SpectrogramCache
+        from sleepstage_cli.spectrograms.cache import SpectrogramCache
     except ImportError:
         SpectrogramCache = None
     feature_files, t_cache = None, 0.0

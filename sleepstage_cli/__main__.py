@@ -1,3 +1,3 @@
-from sleepstage_cli.cli import main
+from sleepstage_cli.cli.main import main
 
 main()

@@ -12,7 +12,7 @@ import signal
 import threading
 from types import FrameType
 
-from sleepstage_cli import console as con
+from sleepstage_cli.cli import console as con
 
 
 class GracefulStop:

@@ -92,8 +92,8 @@ def test_killed_run_resumes_without_retraining_the_finished_fold(resumed: dict) 
 
 
 def test_every_subject_tested_once_and_the_split_is_what_trained(resumed: dict) -> None:
-    from sleepstage_cli.dataset import PreparedDataset
-    from sleepstage_cli.modelfile import load_model
+    from sleepstage_cli.data.dataset import PreparedDataset
+    from sleepstage_cli.model.modelfile import load_model
 
     run = resumed["run"]
     ds = PreparedDataset(resumed["dataset"])
@@ -144,8 +144,8 @@ def test_a_different_command_is_refused_and_nothing_changes(resumed: dict) -> No
 
 
 def test_force_starts_over(resumed: dict, tmp_path: Path) -> None:
-    from sleepstage_cli.crossval import crossval, plan_run
-    from sleepstage_cli.train import TrainOptions
+    from sleepstage_cli.training.crossval import crossval, plan_run
+    from sleepstage_cli.training.train import TrainOptions
 
     run = tmp_path / "run"
     shutil.copytree(resumed["run"], run)
@@ -164,8 +164,8 @@ def test_force_starts_over(resumed: dict, tmp_path: Path) -> None:
 def test_fold_killed_after_training_is_only_scored_again(resumed: dict, tmp_path: Path) -> None:
     import torch
 
-    from sleepstage_cli.crossval import crossval, plan_run
-    from sleepstage_cli.train import TrainOptions
+    from sleepstage_cli.training.crossval import crossval, plan_run
+    from sleepstage_cli.training.train import TrainOptions
 
     run = tmp_path / "run"
     shutil.copytree(resumed["run"], run)
@@ -192,9 +192,9 @@ def test_fold_killed_after_training_is_only_scored_again(resumed: dict, tmp_path
 
 
 def test_first_interrupt_checkpoints_the_fold_and_stops(dataset: Path, tmp_path: Path) -> None:
-    from sleepstage_cli.crossval import Monitor, crossval, plan_run
     from sleepstage_cli.errors import Interrupted
-    from sleepstage_cli.train import Callbacks, TrainOptions
+    from sleepstage_cli.training.crossval import Monitor, crossval, plan_run
+    from sleepstage_cli.training.train import Callbacks, TrainOptions
 
     class CtrlC(Callbacks):
         def step(self, step, loss, rate, pass_index):
@@ -224,9 +224,9 @@ def test_first_interrupt_checkpoints_the_fold_and_stops(dataset: Path, tmp_path:
 
 
 def test_split_file_is_reproduced_exactly(dataset: Path, tmp_path: Path) -> None:
-    from sleepstage_cli.crossval import crossval, plan_run
-    from sleepstage_cli.crossval_split import load_split
-    from sleepstage_cli.train import TrainOptions
+    from sleepstage_cli.training.crossval import crossval, plan_run
+    from sleepstage_cli.training.split import load_split
+    from sleepstage_cli.training.train import TrainOptions
 
     given = {"folds": [{"test": ["subject02"], "val": ["subject03"]},
                        {"test": ["subject03", "subject01"], "validation": []}]}
@@ -250,9 +250,9 @@ def test_errors_are_one_line(dataset: Path, tmp_path: Path) -> None:
     assert_clean_error(proc, "fold 2", "subject99", "subject01, subject02, subject03")
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
-    from sleepstage_cli.crossval import plan_run
-    from sleepstage_cli.crossval_split import load_split, make_split
-    from sleepstage_cli.train import TrainOptions
+    from sleepstage_cli.training.crossval import plan_run
+    from sleepstage_cli.training.split import load_split, make_split
+    from sleepstage_cli.training.train import TrainOptions
 
     with pytest.raises(InputError, match="--folds 5 is more than the 3 subject"):
         plan_run(dataset, tmp_path / "r", TrainOptions(), folds=5)
@@ -277,7 +277,7 @@ def test_errors_are_one_line(dataset: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("n,k", [(3, 3), (7, 3), (62, 20), (10, 4)])
 def test_made_folds_partition_the_subjects(n: int, k: int) -> None:
-    from sleepstage_cli.crossval_split import make_split
+    from sleepstage_cli.training.split import make_split
 
     subjects = [f"s{i:02d}" for i in range(n)]
     v = 1 if n < 8 else 4
@@ -300,7 +300,7 @@ def test_made_folds_partition_the_subjects(n: int, k: int) -> None:
 def test_crossval_accepts_every_training_option() -> None:
     import typer.main
 
-    from sleepstage_cli.cli import app
+    from sleepstage_cli.cli.main import app
 
     commands = typer.main.get_command(app).commands
     train = {p.name: p for p in commands["train"].params}

@@ -12,7 +12,7 @@ from conftest import assert_clean_error, run_cli, write_edf, write_hypnogram_edf
 from sklearn import metrics as skm
 
 from sleepstage_cli.errors import InputError, OutputExistsError
-from sleepstage_cli.evaluation import (
+from sleepstage_cli.evaluation.evaluate import (
     COUNT_KEYS,
     OUTPUT_FILES,
     SUMMARY_KEYS,
@@ -22,10 +22,10 @@ from sleepstage_cli.evaluation import (
     pair_nights,
     write_evaluation,
 )
+from sleepstage_cli.evaluation.metrics import agreement, confusion_matrix, scores
+from sleepstage_cli.evaluation.sleepstats import sleep_statistics, statistics_agreement
 from sleepstage_cli.io.hypnogram import Hypnogram
 from sleepstage_cli.io.layout import pairing_key
-from sleepstage_cli.metrics import agreement, confusion_matrix, scores
-from sleepstage_cli.sleepstats import sleep_statistics, statistics_agreement
 from sleepstage_cli.stages import STAGES
 
 LABELS = list(range(5))
@@ -302,8 +302,7 @@ def _small_evaluation():
 def test_write_evaluation_files_columns_and_refusal(tmp_path: Path, monkeypatch) -> None:
     import csv
 
-    from sleepstage_cli import plots
-
+    from sleepstage_cli.report import plots
     # The figures are plots.py's business (tests/test_report.py); drawing them here only costs time.
     monkeypatch.setattr(plots, "confusion_png", lambda *a, **k: b"png")
     monkeypatch.setattr(plots, "bland_altman_png", lambda *a, **k: b"png")

@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from typer.testing import CliRunner
 
-from sleepstage_cli.dataset import PreparedDataset, write_night
+from sleepstage_cli.data.dataset import PreparedDataset, write_night
 from sleepstage_cli.simulate import simulate
 
 NIGHTS = ["01-03-0001", "01-03-0002", "01-03-0003"]
@@ -160,7 +160,7 @@ def _enospc_on_save(monkeypatch, fail_at: int) -> None:
 
 
 def test_full_disk_stops_prepare_and_keeps_finished_nights(sim, tmp_path: Path, monkeypatch) -> None:
-    from sleepstage_cli.cli import app
+    from sleepstage_cli.cli.main import app
 
     data = tmp_path / "data"
     _enospc_on_save(monkeypatch, fail_at=2)
@@ -300,14 +300,14 @@ def _fake_record(night_id: str) -> dict:
 
 
 def _options():
+    from sleepstage_cli.data.prepare import PrepareOptions
     from sleepstage_cli.io.channels import build_spec
-    from sleepstage_cli.prepare import PrepareOptions
 
     return PrepareOptions(layout="generic", spec=build_spec(("eeg",), None, {"eeg": ("C4-M1",)}))
 
 
 def test_manifest_is_written_a_constant_number_of_times_per_run(tmp_path: Path, monkeypatch) -> None:
-    import sleepstage_cli.prepare as prep
+    import sleepstage_cli.data.prepare as prep
 
     writes = []
     real_save = prep.save_manifest

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, run_cli, write_edf
 
-from sleepstage_cli.dataset import PreparedDataset
+from sleepstage_cli.conditioning.signals import Conditioning, resample, standardise
+from sleepstage_cli.data.dataset import PreparedDataset
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.channels import build_spec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
-from sleepstage_cli.scoring import read_night
-from sleepstage_cli.signals import Conditioning, resample, standardise
+from sleepstage_cli.scoring.pipeline import read_night
 
 STAGES = ("W", "N1", "N2", "N3", "REM")
 

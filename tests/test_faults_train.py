@@ -113,8 +113,8 @@ def test_crossval_never_clears_a_dataset_where_its_results_go(prepared: Path, tm
 # =========================================================================== item 4: a full disk under the cache
 
 def _cache(prepared: Path, tmp_path: Path):
-    from sleepstage_cli.dataset import PreparedDataset
-    from sleepstage_cli.specache import SpectrogramCache
+    from sleepstage_cli.data.dataset import PreparedDataset
+    from sleepstage_cli.spectrograms.cache import SpectrogramCache
 
     ds = PreparedDataset(copy_dataset(prepared, tmp_path / "data"))
     return ds, SpectrogramCache(ds, [0, 1, 2])
@@ -181,7 +181,7 @@ def test_cache_refused_up_front_when_the_disk_cannot_hold_it(prepared: Path, tmp
 
 
 def test_temp_files_of_a_killed_run_are_cleared_at_the_next_open(prepared: Path, tmp_path: Path) -> None:
-    from sleepstage_cli.specache import SpectrogramCache
+    from sleepstage_cli.spectrograms.cache import SpectrogramCache
 
     ds, cache = _cache(prepared, tmp_path)
     other = cache.folder.parent / "spectrograms-0123456789ab"  # a killed run with other channels
@@ -210,7 +210,7 @@ def test_checkpoint_and_log_on_a_full_disk_are_clean_errors(prepared: Path, tmp_
 
     from sleepstage_cli import fsutil
     from sleepstage_cli.errors import WriteError
-    from sleepstage_cli.train import TrainOptions, train_model
+    from sleepstage_cli.training.train import TrainOptions, train_model
 
     def fake_open(file, mode="r", *args, **kwargs):
         fh = builtins.open(file, mode, *args, **kwargs)
@@ -289,8 +289,8 @@ def test_score_with_a_file_that_is_not_a_model(tmp_path: Path, kind: str) -> Non
 
 def test_load_model_names_what_a_file_holds(prepared: Path, tmp_path: Path) -> None:
     from sleepstage_cli.errors import InputError
-    from sleepstage_cli.model import StagingModel
-    from sleepstage_cli.modelfile import load_model, save_model
+    from sleepstage_cli.model.modelfile import load_model, save_model
+    from sleepstage_cli.model.staging import StagingModel
 
     np.save(tmp_path / "array.npy", np.zeros(3))
     checkpoint = tmp_path / "model.pt.ckpt"

@@ -8,7 +8,7 @@ import torch
 from scipy.signal import ShortTimeFFT
 from scipy.signal.windows import hamming
 
-from sleepstage_cli.features import MAG_FLOOR, Normalizer, RunningStats, SpectrogramFrontEnd
+from sleepstage_cli.spectrograms.frontend import MAG_FLOOR, Normalizer, RunningStats, SpectrogramFrontEnd
 
 
 def scipy_log_spectrogram(x: np.ndarray) -> np.ndarray:

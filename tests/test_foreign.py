@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, run_cli
 
-from sleepstage_cli.dataset import PreparedDataset
+from sleepstage_cli.data.dataset import PreparedDataset
 from sleepstage_cli.io.channels import build_spec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import read_hypnogram

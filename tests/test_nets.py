@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from sleepstage_cli.features import RunningStats
-from sleepstage_cli.model import StagingModel
-from sleepstage_cli.nets import E2EARNN, NETS, DeepSleepNet, MultitaskARNN, SeqSleepNet, build_net
-from sleepstage_cli.nets.blocks import PositionwiseLinear, TriangularFilterbank, lin_tri_filter_shape
+from sleepstage_cli.model.nets import E2EARNN, NETS, DeepSleepNet, MultitaskARNN, SeqSleepNet, build_net
+from sleepstage_cli.model.nets.blocks import PositionwiseLinear, TriangularFilterbank, lin_tri_filter_shape
+from sleepstage_cli.model.staging import StagingModel
+from sleepstage_cli.spectrograms.frontend import RunningStats
 
 SPECTROGRAM_NETS = ["seqsleepnet", "e2e-arnn", "multitask-arnn"]
 # DeepSleepNet at full width has ~25M parameters; training-style tests use a narrow one of the same layout.

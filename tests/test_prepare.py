@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_clean_error, run_cli, write_edf
 from scipy import signal as sps
 
-from sleepstage_cli.dataset import PreparedDataset, exclusive_lock, write_night
+from sleepstage_cli.data.dataset import PreparedDataset, exclusive_lock, write_night
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.layout import discover
 from sleepstage_cli.simulate import simulate

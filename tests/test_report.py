@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepstage_cli.metrics import agreement
-from sleepstage_cli.plots import bland_altman_png, confusion_png
-from sleepstage_cli.report import (
+from sleepstage_cli.evaluation.metrics import agreement
+from sleepstage_cli.evaluation.sleepstats import STAT_FIELDS, sleep_statistics, statistics_agreement
+from sleepstage_cli.report.html import (
     MAX_REVIEW_RUNS,
     evaluation_report_html,
     format_value,
@@ -25,9 +25,9 @@ from sleepstage_cli.report import (
     summarise_nights,
     write_report,
 )
-from sleepstage_cli.sleepstats import STAT_FIELDS, sleep_statistics, statistics_agreement
+from sleepstage_cli.report.plots import bland_altman_png, confusion_png
+from sleepstage_cli.report.svgplot import hypnogram_svg, runs
 from sleepstage_cli.stages import STAGES
-from sleepstage_cli.svgplot import hypnogram_svg, runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = '/data/<script>alert("x")</script> & co.edf'

@@ -50,7 +50,7 @@ class Run:
 
 def cli(*args: object) -> Run:
     """``sleepstage ARGS`` in this process: parsing, the command, the error policy, exit code and output."""
-    from sleepstage_cli.cli import app  # registers every command
+    from sleepstage_cli.cli.main import app  # registers every command
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
@@ -313,7 +313,7 @@ def test_prepare_unordered_annotations_are_sorted(world, tmp_path: Path) -> None
     write_table(tmp_path / "n.csv", rows[10:] + rows[:10][::-1])
     res = cli("prepare", tmp_path / "n.edf", tmp_path / "n.csv", "-o", tmp_path / "data", *CHANNELS, "-j", "1")
     assert res.returncode == 0, res.stderr
-    from sleepstage_cli.dataset import PreparedDataset
+    from sleepstage_cli.data.dataset import PreparedDataset
 
     rec = PreparedDataset(tmp_path / "data").open("n")
     assert rec["onset"].tolist() == [30.0 * i for i in range(20)]
@@ -336,7 +336,7 @@ def test_prepare_record_count_below_file_size_reads_the_declared_records(tmp_pat
 
 def test_prepare_lock_held_by_another_run(world, tmp_path: Path) -> None:
     """A second run (even with --force and other options) is refused while one writes, before deleting anything."""
-    from sleepstage_cli.dataset import exclusive_lock
+    from sleepstage_cli.data.dataset import exclusive_lock
 
     data = copy_dataset(world, tmp_path / "data")
     before = snapshot(data)
@@ -348,7 +348,7 @@ def test_prepare_lock_held_by_another_run(world, tmp_path: Path) -> None:
 
 def test_prepare_two_runs_at_once(world, tmp_path: Path) -> None:
     """Two processes preparing into one folder: one waits its turn or is refused; the dataset is whole."""
-    from sleepstage_cli.dataset import PreparedDataset
+    from sleepstage_cli.data.dataset import PreparedDataset
 
     out = tmp_path / "data"
     cmd = [sys.executable, "-m", "sleepstage_cli", "prepare", str(world.src), "-o", str(out), *CHANNELS, "-j", "1"]
@@ -440,7 +440,7 @@ def test_score_model_from_another_channel_set(world, tmp_path: Path, scored_befo
     night = write_edf(tmp_path / "no emg.edf", psg_signals(300, labels=("EEG", "EOG")))
     clean_error(cli(*score_args(world, night, out)), str(night), "EMG channel 'EMG' not found",
                 "the file has: EEG (100 Hz), EOG (100 Hz)", "the model was trained on EEG, EOG, EMG")
-    from sleepstage_cli.modelfile import load_model
+    from sleepstage_cli.model.modelfile import load_model
 
     assert load_model(world.model).kinds == ("eeg", "eog", "emg")
     eeg_eog = tmp_path / "eeg-eog.pt"
@@ -741,7 +741,6 @@ def disk_full(monkeypatch):
     import re
 
     from sleepstage_cli import fsutil
-
     state = SimpleNamespace(names=(), hits=0)
     real_open, real_fdopen = builtins.open, os.fdopen
 
@@ -910,7 +909,7 @@ def test_non_ascii_and_spaces_in_paths_every_command(tmp_path: Path) -> None:
     data, model = tmp_path / "jeu de données é", tmp_path / "modèles" / "modèle 1.pt"
     res = cli("prepare", src, "-o", data, *CHANNELS, "-j", "1")
     assert res.returncode == 0, res.stderr
-    from sleepstage_cli.dataset import PreparedDataset
+    from sleepstage_cli.data.dataset import PreparedDataset
 
     assert sorted(PreparedDataset(data).subjects) == ["Zoë", "Ångström", "Łukasz"]
     res = cli("train", data, "-o", model, *TRAIN_QUICK)
@@ -961,7 +960,7 @@ def test_sigint_during_prepare_then_the_same_command_finishes(tmp_path: Path) ->
     res = _interrupt_when(_start(*args), lambda: any((data / "nights").glob("*.npy")))
     line = clean_error(res, str(data), "interrupted with", "run the same command again", code=130)
     assert "Traceback" not in res.stderr, line
-    from sleepstage_cli.dataset import PreparedDataset
+    from sleepstage_cli.data.dataset import PreparedDataset
 
     done = {n.id: (data / n.file).read_bytes() for n in PreparedDataset(data).nights}
     assert 1 <= len(done) < 5 and no_temp_files(data)

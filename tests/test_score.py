@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import assert_clean_error, run_cli, write_edf
 
-from sleepstage_cli.inference import score_night
+from sleepstage_cli.evaluation.sleepstats import sleep_statistics
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import read_hypnogram
-from sleepstage_cli.model import StagingModel
-from sleepstage_cli.sleepstats import sleep_statistics
+from sleepstage_cli.model.staging import StagingModel
+from sleepstage_cli.scoring.inference import score_night
 from sleepstage_cli.stages import STAGES
 
 CODES = {s: i for i, s in enumerate(STAGES)} | {"?": -1}

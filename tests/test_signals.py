@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from sleepstage_cli.errors import InputError
-from sleepstage_cli.signals import (
+from sleepstage_cli.conditioning.signals import (
     Conditioning,
     condition,
     design_filter,
@@ -16,6 +15,7 @@ from sleepstage_cli.signals import (
     standardise,
     zero_phase_fir,
 )
+from sleepstage_cli.errors import InputError
 
 
 def _gain(taps: np.ndarray, rate: float, f: float) -> float:
@@ -124,16 +124,14 @@ def test_conditioning_round_trip() -> None:
     (1281, 1 / 64, True, 2.0, ("kaiser", 5.0)),
 ])
 def test_firwin_matches_scipy(numtaps, cutoff, pass_zero, fs, window) -> None:
-    from sleepstage_cli import dsp
-
+    from sleepstage_cli.conditioning import dsp
     ours = dsp.firwin(numtaps, cutoff, pass_zero=pass_zero, fs=fs, window=window)
     np.testing.assert_allclose(ours, sps.firwin(numtaps, cutoff, pass_zero=pass_zero, fs=fs, window=window),
                                atol=1e-15)
 
 
 def test_fft_filter_matches_direct_convolution() -> None:
-    from sleepstage_cli import dsp
-
+    from sleepstage_cli.conditioning import dsp
     x = np.random.default_rng(3).normal(size=50_000)
     taps = sps.firwin(1101, [0.3, 40.0], pass_zero=False, fs=100.0)
     padded = np.pad(x, 550, mode="reflect", reflect_type="odd")
@@ -143,8 +141,7 @@ def test_fft_filter_matches_direct_convolution() -> None:
 
 @pytest.mark.parametrize("up, down", [(25, 64), (1, 2), (25, 32), (5, 16), (2, 1)])
 def test_resample_poly_matches_scipy_inside(up: int, down: int) -> None:
-    from sleepstage_cli import dsp
-
+    from sleepstage_cli.conditioning import dsp
     x = np.random.default_rng(4).normal(size=40_000)
     ours, ref = dsp.resample_poly(x, up, down), sps.resample_poly(x, up, down)
     assert ours.shape == ref.shape

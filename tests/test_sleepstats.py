@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sleepstage_cli.sleepstats import STAT_FIELDS, sleep_statistics, statistics_agreement
+from sleepstage_cli.evaluation.sleepstats import STAT_FIELDS, sleep_statistics, statistics_agreement
 
 W, N1, N2, N3, R, U = 0, 1, 2, 3, 4, -1
 NAN = math.nan

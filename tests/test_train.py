@@ -15,13 +15,20 @@ import pytest
 import torch
 from conftest import assert_clean_error, run_cli
 
-from sleepstage_cli.dataset import PreparedDataset
-from sleepstage_cli.features import SpectrogramFrontEnd
-from sleepstage_cli.loader import PassBatches, WindowDataset, pass_order
-from sleepstage_cli.model import StagingModel
-from sleepstage_cli.modelfile import load_model
-from sleepstage_cli.specache import SpectrogramCache
-from sleepstage_cli.train import TrainingInterrupted, TrainOptions, evaluate, l2_penalty, subject_split, train_model
+from sleepstage_cli.data.dataset import PreparedDataset
+from sleepstage_cli.data.loader import PassBatches, WindowDataset, pass_order
+from sleepstage_cli.model.modelfile import load_model
+from sleepstage_cli.model.staging import StagingModel
+from sleepstage_cli.spectrograms.cache import SpectrogramCache
+from sleepstage_cli.spectrograms.frontend import SpectrogramFrontEnd
+from sleepstage_cli.training.train import (
+    TrainingInterrupted,
+    TrainOptions,
+    evaluate,
+    l2_penalty,
+    subject_split,
+    train_model,
+)
 
 
 def test_training_beats_the_majority_class(trained) -> None:
@@ -274,7 +281,7 @@ def test_train_errors(trained, tmp_path: Path) -> None:
 
 DDP_WORKER = """
 import os, sys, torch
-from sleepstage_cli.train import TrainOptions, train_model
+from sleepstage_cli.training.train import TrainOptions, train_model
 data, out = sys.argv[1], sys.argv[2]
 opts = TrainOptions(seq_len=5, batch_size=4, epochs=1, max_steps=3, eval_every=3, seed=2, device="cpu")
 res = train_model(data, os.path.join(out, "ddp.pt"), opts, val_subjects=["01-03-0005"])

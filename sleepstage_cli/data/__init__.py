@@ -1,0 +1,1 @@
+"""Prepared datasets: their on-disk format, ``prepare`` (EDF nights -> dataset) and the training window loader."""

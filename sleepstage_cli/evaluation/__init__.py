@@ -1,0 +1,1 @@
+"""Evaluation: scored nights against references (pairing, epoch matching, metrics, sleep statistics)."""

@@ -1,0 +1,1 @@
+"""Reports: HTML staging and evaluation reports, their SVG and PNG plots, and evaluation output files."""

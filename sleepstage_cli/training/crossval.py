@@ -1,0 +1,510 @@
+"""Subject-wise cross-validation (the paper's protocol): folds, per-fold training and scoring, pooled metrics.
+
+A run folder (RUN) holds::
+
+    crossval.json            what the run is: dataset and nights, training options, split (checked on restart)
+    split.json               the folds (test / validation / training subjects), reusable with --split
+    crossval.log             one line per event (started, fold resumed, fold done, interrupted...)
+    fold-01/model.pt         the fold's model (model.pt.ckpt while it trains; model.train.csv/.json logs)
+    fold-01/predictions/     one hypnogram CSV per test night (score's format)
+    fold-01/metrics.json     the fold's metrics (evaluate's figures over its test nights)
+    fold-01/DONE             written last: the fold is finished and never redone
+    predictions/             every test night's CSV, collected from the folds
+    evaluation/              write_evaluation's files over predictions/ (metrics.json, report.html...)
+    folds.csv, nights.csv    per-fold figures; per night its subject, fold and figures
+
+Everything is written atomically. The pooled figures are ``evaluate_paths(RUN/predictions, DATASET)``,
+so ``sleepstage evaluate RUN/predictions DATASET`` reproduces them exactly. Folds run in this process
+(one after the other) or in spawned worker processes (:mod:`sleepstage_cli.training.jobs`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sleepstage_cli import __version__
+from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset, exclusive_lock
+from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
+from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
+from sleepstage_cli.training.split import CVSplit, Fold, load_split, make_split
+from sleepstage_cli.training.train import Callbacks, Split, TrainOptions
+
+RUN_FORMAT = "sleepstage-crossval"
+RUN_FILE, SPLIT_FILE, LOG_FILE = "crossval.json", "split.json", "crossval.log"
+PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV = "predictions", "evaluation", "folds.csv", "nights.csv"
+DONE = "DONE"
+_OWNED = (RUN_FILE, SPLIT_FILE, LOG_FILE, PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV)
+_FOLD_DIR = re.compile(r"^fold-\d+$")
+SUMMARY_METRICS = ("accuracy", "kappa", "macro_f1", "mean_sensitivity", "mean_specificity")
+
+# Command-line names of the options a restart must share with the first start.
+_FLAGS = {"net": "--model", "channels": "--channels", "seq_len": "--seq-len", "epochs": "--epochs",
+          "batch_size": "--batch-size", "lr": "--lr", "l2": "--l2", "eval_every": "--eval-every", "seed": "--seed",
+          "max_steps": "--max-steps", "rnn": "--rnn", "output": "--output-layer", "dropout": "--dropout",
+          "folds": "--folds", "val_subjects_per_fold": "--val-subjects-per-fold", "test_fraction": "--test-fraction",
+          "file": "--split"}
+
+
+class Monitor:
+    """What the command line shows; the core calls it from the main process only."""
+
+    def info(self, text: str) -> None: ...
+
+    def run_begin(self, total: int, done: list[int]) -> None:
+        """Folds in the run, and those an earlier session finished (not run again)."""
+
+    def fold_begin(self, fold: Fold, device: str) -> Callbacks:
+        """A fold starts (or resumes) on ``device``; returns the callbacks its training reports to."""
+        return Callbacks()
+
+    def fold_end(self, fold: Fold, summary: dict | None) -> None:
+        """A fold finished (``summary``: its row of folds.csv) or stopped (None)."""
+
+
+@dataclass
+class RunPlan:
+    """A validated cross-validation run, before anything is written."""
+
+    run_dir: Path
+    dataset: Path
+    opts: TrainOptions
+    split: CVSplit
+    identity: dict
+    digest: str
+    inputs: list[Path] = field(default_factory=list)  # the files the run reads: split file, manifest, nights
+
+    def fold_dir(self, fold: Fold) -> Path:
+        return self.run_dir / fold.name
+
+    def outputs(self) -> list[Path]:
+        """What the run writes (or clears with --force) in its folder."""
+        return [self.run_dir / name for name in (*_OWNED, ".lock")] + [self.fold_dir(f) for f in self.split.folds]
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything a (possibly separate) process needs to run one fold."""
+
+    run_dir: Path
+    dataset: Path
+    opts: TrainOptions
+    fold: Fold
+    digest: str
+    device: str
+
+
+@dataclass
+class CrossvalResult:
+    run_dir: Path
+    split: CVSplit
+    folds: list[dict]
+    evaluation: object  # sleepstage_cli.evaluation.evaluate.Evaluation
+    skipped: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- planning and the run folder
+
+def check_options(ds: PreparedDataset, opts: TrainOptions, devices: list[str]) -> None:
+    """Refuse bad training options and devices before the run folder is touched."""
+    from sleepstage_cli.training import train
+    train.check_options(ds, opts)
+    for d in devices or [opts.device]:
+        train.resolve_device(d)
+
+
+def plan_run(dataset: str | Path, run_dir: str | Path, opts: TrainOptions, folds: int = 20,
+             val_subjects_per_fold: int | None = None, test_fraction: float | None = None,
+             split_file: str | Path | None = None, devices: list[str] | None = None) -> RunPlan:
+    """Validate everything and make (or read) the split; nothing is written."""
+    ds = PreparedDataset(dataset)
+    if not ds.nights:
+        raise InputError("prepared dataset holds no night", ds.root)
+    check_options(ds, opts, devices or [])
+    for night in ds.nights:  # a damaged dataset is refused before anything is trained (or cleared)
+        ds.open(night)
+    if split_file is not None:
+        split = load_split(split_file, ds.subjects)
+    else:
+        split = make_split(ds.subjects, folds, val_subjects_per_fold, opts.seed, test_fraction)
+    identity = json.loads(json.dumps({
+        "dataset": str(Path(dataset).resolve()), "dataset_created": ds.manifest.get("created"),
+        "dataset_setup": {k: ds.manifest.get(k) for k in ("channel_spec", "conditioning", "options")},
+        "nights": [n.id for n in ds.nights], "options": opts.fingerprint(),
+        "folds": [f.to_json() for f in split.folds]}))
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    inputs = [Path(f) for f in [split.made_by.get("file")] if f]
+    inputs += [ds.root / MANIFEST, *(ds.root / n.file for n in ds.nights)]
+    return RunPlan(Path(run_dir), Path(dataset), opts, split, identity, digest, inputs)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def describe_difference(old: dict, plan: RunPlan) -> str:
+    """What differs between a run folder's crossval.json and this command ('' when nothing)."""
+    new = plan.identity
+    if old.get("dataset") != new["dataset"]:
+        return f"another dataset ({old.get('dataset')}, now {new['dataset']})"
+    if old.get("nights") != new["nights"]:
+        gone = sorted(set(old.get("nights") or []) - set(new["nights"]))
+        added = sorted(set(new["nights"]) - set(old.get("nights") or []))
+        return f"other nights of the dataset ({len(added)} added, {len(gone)} removed since)"
+    if old.get("dataset_created") != new["dataset_created"] or old.get("dataset_setup") != new["dataset_setup"]:
+        return (f"the dataset as prepared on {old.get('dataset_created')} (it was prepared again since, "
+                "with other channels, filters or options)")
+    parts = []
+    o_opts, n_opts = old.get("options") or {}, new["options"]
+    flat_old = {**{k: v for k, v in o_opts.items() if k != "hparams"}, **(o_opts.get("hparams") or {})}
+    flat_new = {**{k: v for k, v in n_opts.items() if k != "hparams"}, **(n_opts.get("hparams") or {})}
+    for key in sorted(set(flat_old) | set(flat_new)):
+        if flat_old.get(key) != flat_new.get(key):
+            parts.append(f"{_FLAGS.get(key, key)} {_shown(flat_old.get(key))} (now {_shown(flat_new.get(key))})")
+    if old.get("folds") != new["folds"]:
+        o_made, n_made = old.get("split_made_by") or {}, plan.split.made_by
+        if ("file" in o_made) != ("file" in n_made):
+            then, now = ("--split " + _shown(o_made.get("file")), "--folds") if "file" in o_made else \
+                ("--folds", "--split " + _shown(n_made.get("file")))
+            named = [f"another split (made by {then} then, by {now} now)"]
+        else:
+            named = [f"{_FLAGS.get(k, k)} {_shown(o_made.get(k))} (now {_shown(n_made.get(k))})"
+                     for k in sorted(set(o_made) | set(n_made)) if k != "seed" and o_made.get(k) != n_made.get(k)]
+        if named:
+            parts.extend(named)
+        elif not parts:
+            parts.append("another split of the subjects")
+    return "other settings: " + "; ".join(parts) if parts else ""
+
+
+def check_run_dir(plan: RunPlan, force: bool) -> bool:
+    """Whether RUN holds this very run (to be resumed); refuse a different one unless ``force``."""
+    run_dir = plan.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SleepstageError("is a file, not a run folder", run_dir)
+    refuse_replacing_inputs(plan)
+    check_writable_folder(run_dir, f"run folder {run_dir}")
+    if not run_dir.exists():
+        return False
+    info = run_dir / RUN_FILE
+    if not info.exists():
+        foreign = [p.name for p in run_dir.iterdir() if not p.name.startswith(".")]
+        if foreign and not force:
+            raise SleepstageError(f"folder is not empty and holds no cross-validation run (no {RUN_FILE}); "
+                                  "choose a new folder or pass --force", run_dir)
+        return False
+    if force:
+        return False
+    old = read_json(info, "run description")
+    if not isinstance(old, dict) or old.get("format") != RUN_FORMAT:
+        raise SleepstageError(f"{RUN_FILE} is not a sleepstage cross-validation run description", run_dir)
+    diff = describe_difference(old, plan)
+    if diff:
+        raise SleepstageError(f"{run_dir} holds a cross-validation run with {diff}; run the same command as "
+                              "before to resume it, or pass --force to start over (its results are deleted)")
+    return True
+
+
+def refuse_replacing_inputs(plan: RunPlan) -> None:
+    """Refuse, --force or not, a run folder that is the dataset folder or whose outputs hold an input.
+
+    A run folder inside the dataset folder is fine (its names are not the dataset's); the dataset
+    folder itself is not (its nights.csv and lock are a run's names too), nor a --split file, the
+    dataset or a night file where the run writes (or --force clears) its results.
+    """
+    run_dir = plan.run_dir.resolve()
+    if run_dir == plan.dataset.resolve():
+        raise SleepstageError(f"cannot use the dataset folder {plan.dataset} as the run folder: it is one of this "
+                              "command's inputs; choose another folder (--force never replaces an input)")
+    outputs = [out.resolve() for out in plan.outputs()]
+    for given in [*plan.inputs, plan.dataset]:
+        where = Path(given).resolve()
+        for out in outputs:
+            if where == out or out in where.parents:
+                raise SleepstageError(f"cannot write the run folder {plan.run_dir}: its {out.name} would replace "
+                                      f"one of this command's inputs ({given}); choose another run folder "
+                                      "(--force never replaces an input)")
+
+
+def _clear(run_dir: Path) -> None:
+    """Delete what an earlier run wrote (only the names a run writes: other files stay)."""
+    for p in run_dir.iterdir():
+        if p.name in _OWNED or (_FOLD_DIR.match(p.name) and p.is_dir()):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def log_event(run_dir: Path, text: str) -> None:
+    """Append one line to RUN/crossval.log (a diary, not a result: appending is enough)."""
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with open(run_dir / LOG_FILE, "a", encoding="utf-8") as fh:
+        fh.write(f"{stamp} {text}\n")
+
+
+def start_run(plan: RunPlan, resuming: bool, force: bool, command: str = "") -> None:
+    """Write crossval.json and split.json (before any training), clearing an old run with ``force``."""
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if force and not resuming:
+        _clear(run_dir)
+    if not resuming or not (run_dir / RUN_FILE).exists():
+        atomic_write_json(run_dir / RUN_FILE, {
+            "format": RUN_FORMAT, "format_version": 1, "sleepstage_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
+            "digest": plan.digest, "split_made_by": plan.split.made_by, **plan.identity})
+    split_json = plan.split.to_json(plan.identity["dataset"])
+    if not (run_dir / SPLIT_FILE).exists() or read_json(run_dir / SPLIT_FILE).get("folds") != split_json["folds"]:
+        atomic_write_json(run_dir / SPLIT_FILE, split_json)
+    log_event(run_dir, f"{'resumed' if resuming else 'started'} by pid {os.getpid()}: {command}".rstrip(": "))
+
+
+def fold_summary(plan: RunPlan, fold: Fold) -> dict:
+    """A finished fold's row of folds.csv (from its metrics.json)."""
+    return read_json(plan.fold_dir(fold) / "metrics.json", "fold metrics")["fold"]
+
+
+def fold_done(plan: RunPlan, fold: Fold) -> bool:
+    marker = plan.fold_dir(fold) / DONE
+    if not marker.exists():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("digest") == plan.digest
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- one fold
+
+class StopRelay(Callbacks):
+    """Hands a stop asked for outside training (loading, statistics) on to training's own graceful stop.
+
+    Training installs its own SIGINT/SIGTERM handler only once its loop starts; a signal caught before
+    that by the outer handler is re-raised at the first step, so the fold stops with a checkpoint.
+    """
+
+    def __init__(self, inner: Callbacks, stop) -> None:
+        self.inner, self.stop, self.relayed = inner, stop, False
+
+    def stage(self, text: str) -> None:
+        self.inner.stage(text)
+
+    def start(self, total_steps: int, step: int) -> None:
+        self.inner.start(total_steps, step)
+
+    def step(self, step: int, loss: float, seq_per_s: float, pass_index: int) -> None:
+        self.inner.step(step, loss, seq_per_s, pass_index)
+        if self.stop.requested and not self.relayed:
+            self.relayed = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def evaluated(self, step: int, metrics: dict, best: bool) -> None:
+        self.inner.evaluated(step, metrics, best)
+
+
+def _score_test_nights(job: FoldJob, ds: PreparedDataset, pred_dir: Path, device,
+                       cb: Callbacks) -> list[tuple[str, Path]]:
+    """Score the fold's test nights with test-time aggregation; one hypnogram CSV each."""
+    from sleepstage_cli.io.export import hypnogram_table, write_csv
+    from sleepstage_cli.model.modelfile import load_model
+    from sleepstage_cli.scoring.inference import score_night
+    from sleepstage_cli.scoring.pipeline import stage_names
+    from sleepstage_cli.training.train import channel_index, nights_of
+
+    loaded = load_model(job.run_dir / job.fold.name / "model.pt", device)
+    _, index = channel_index(ds, tuple(loaded.kinds))
+    nights = nights_of(ds, list(job.fold.test))
+    cb.stage(f"scoring {len(nights)} test night(s)")
+    amp = job.opts.amp and device.type == "cuda"
+    paths = []
+    for night in nights:
+        rec = ds.open(night)
+        result = score_night(loaded.model, np.asarray(rec["x"][:, index], dtype=np.float32), device, amp=amp)
+        stages = result.stages
+        confidence = result.probabilities[np.arange(stages.size), stages]
+        flags = ["short night" if result.padded else ""] * int(stages.size)
+        table = hypnogram_table(np.asarray(rec["onset"], dtype=np.float64), stage_names(stages),
+                                result.probabilities, confidence, flags)
+        path = pred_dir / f"{night.id}.csv"
+        write_csv(path, table)
+        paths.append((night.id, path))
+    return paths
+
+
+def run_fold(job: FoldJob, cb: Callbacks | None = None) -> dict:
+    """Train (or resume) one fold, score its test nights, write its metrics and then its DONE marker.
+
+    A fold whose model file exists is not trained again (only its scoring is redone). Returns the
+    fold's row of folds.csv.
+    """
+    from sleepstage_cli.evaluation.evaluate import dataset_hypnogram, evaluate_pairs, jsonable
+    from sleepstage_cli.io.hypnogram import read_hypnogram
+    from sleepstage_cli.model.modelfile import load_model
+    from sleepstage_cli.training.train import checkpoint_path, resolve_device, train_model
+
+    cb = cb or Callbacks()
+    fold, fold_dir = job.fold, job.run_dir / job.fold.name
+    model_path = fold_dir / "model.pt"
+    ckpt = checkpoint_path(model_path)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    if model_path.exists():
+        # Killed after training, before DONE: the model is final, only the scoring is redone.
+        ckpt.unlink(missing_ok=True)
+        cb.stage("model already trained")
+    else:
+        if ckpt.exists():
+            log_event(job.run_dir, f"{fold.name}: resuming training from its checkpoint")
+        train_model(job.dataset, model_path, dataclasses.replace(job.opts, device=job.device),
+                    split=Split(train=list(fold.train), val=list(fold.val)), resume=True, callbacks=cb)
+    device = resolve_device(job.device)
+    ds = PreparedDataset(job.dataset)
+    pred_dir = fold_dir / PREDICTIONS
+    paths = _score_test_nights(job, ds, pred_dir, device, cb)
+    ev = evaluate_pairs([(night, read_hypnogram(p), dataset_hypnogram(ds, night)) for night, p in paths])
+    meta = load_model(model_path).meta
+    training, validation = meta.get("training") or {}, meta.get("validation") or {}
+    summary = {"fold": fold.index, "test_subjects": list(fold.test), "val_subjects": list(fold.val),
+               "train_subjects": list(fold.train), "test_nights": [night for night, _ in paths],
+               "epochs": ev.pooled["n"],
+               **{k: ev.pooled[k] for k in SUMMARY_METRICS},
+               "steps": training.get("steps"), "best_step": training.get("best_step"),
+               "val_accuracy": validation.get("accuracy"), "train_seconds": training.get("seconds"),
+               "device": training.get("device")}
+    ev.title = f"Cross-validation {fold.name}: test subjects {', '.join(fold.test)}"
+    atomic_write_json(fold_dir / "metrics.json", jsonable({**ev.to_dict(), "fold": summary}))
+    atomic_write_json(fold_dir / DONE, {"digest": job.digest, "finished":
+                                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    log_event(job.run_dir, f"{fold.name}: done (accuracy {summary['accuracy']:.4f}, kappa {summary['kappa']:.4f})")
+    return summary
+
+
+# --------------------------------------------------------------------------- the whole run
+
+def _slots(jobs: int, devices: list[str] | None, default: str) -> list[str]:
+    """One device per concurrent fold: the given devices round-robin, else the --device for all."""
+    if devices:
+        return [devices[i % len(devices)] for i in range(jobs)]
+    return [default] * jobs
+
+
+def run_sequential(plan: RunPlan, todo: list[FoldJob], monitor: Monitor) -> None:
+    """Run folds one after the other in this process; a first Ctrl-C checkpoints the current fold."""
+    from sleepstage_cli.interrupts import GracefulStop
+    from sleepstage_cli.training.train import TrainingInterrupted
+
+    with GracefulStop("cross-validation") as stop:
+        for job in todo:
+            if stop.requested:
+                break
+            cb = monitor.fold_begin(job.fold, job.device)
+            try:
+                summary = run_fold(job, StopRelay(cb, stop))
+            except TrainingInterrupted:
+                monitor.fold_end(job.fold, None)
+                log_event(plan.run_dir, f"{job.fold.name}: interrupted (checkpoint saved)")
+                raise Interrupted(f"cross-validation interrupted in fold {job.fold.index} (its checkpoint is "
+                                  "saved); run the same command again to resume", plan.run_dir) from None
+            except BaseException:
+                monitor.fold_end(job.fold, None)
+                raise
+            monitor.fold_end(job.fold, summary)
+        if stop.requested and any(not fold_done(plan, j.fold) for j in todo):
+            log_event(plan.run_dir, "interrupted between folds")
+            raise Interrupted("cross-validation interrupted between folds; run the same command again to resume",
+                              plan.run_dir)
+
+
+def crossval(plan: RunPlan, jobs: int = 1, devices: list[str] | None = None, force: bool = False,
+             split_only: bool = False, monitor: Monitor | None = None, command: str = "") -> CrossvalResult | None:
+    """Run (or resume) a planned cross-validation; ``split_only`` writes the split and stops."""
+    monitor = monitor or Monitor()
+    if jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    resuming = check_run_dir(plan, force)  # before the lock: a refused command leaves RUN untouched
+    with exclusive_lock(plan.run_dir):
+        resuming = check_run_dir(plan, force)
+        start_run(plan, resuming, force, command)
+        if split_only:
+            return None
+        done = [f.index for f in plan.split.folds if fold_done(plan, f)]
+        monitor.run_begin(len(plan.split.folds), done)
+        if done:
+            monitor.info(f"{len(done)} of {len(plan.split.folds)} folds already finished (fold "
+                         f"{', '.join(map(str, done))}): not run again")
+        todo_folds = [f for f in plan.split.folds if f.index not in done]
+        slots = _slots(min(jobs, max(1, len(todo_folds))), devices, plan.opts.device)
+        todo = [FoldJob(plan.run_dir, plan.dataset, plan.opts, f, plan.digest, slots[0]) for f in todo_folds]
+        if len(slots) == 1:
+            run_sequential(plan, todo, monitor)
+        elif todo:
+            from sleepstage_cli.training.jobs import run_parallel
+
+            run_parallel(plan, todo, slots, monitor)
+        result = finish_run(plan)
+        result.skipped = done
+        log_event(plan.run_dir, f"finished: pooled accuracy {result.evaluation.pooled['accuracy']:.4f}, "
+                                f"kappa {result.evaluation.pooled['kappa']:.4f}")
+        return result
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([" ".join(map(str, v)) if isinstance(v, (list, tuple)) else ("" if v is None else v) for v in row]
+                for row in rows)
+    return buf.getvalue()
+
+
+def finish_run(plan: RunPlan) -> CrossvalResult:
+    """Collect the folds' predictions and evaluate them with ``sleepstage evaluate``'s code."""
+    from sleepstage_cli.evaluation.evaluate import evaluate_paths, write_evaluation
+
+    run_dir, pred_dir = plan.run_dir, plan.run_dir / PREDICTIONS
+    summaries, fold_of = [], {}
+    for fold in plan.split.folds:
+        summaries.append(fold_summary(plan, fold))
+        for src in sorted((plan.fold_dir(fold) / PREDICTIONS).glob("*.csv")):
+            fold_of[src.name] = fold.index
+            data = src.read_bytes()
+            dst = pred_dir / src.name
+            if not dst.exists() or dst.read_bytes() != data:
+                atomic_write_text(dst, data.decode("utf-8"))
+    for stale in pred_dir.glob("*.csv"):  # never let a night of another run into the pooled figures
+        if stale.name not in fold_of:
+            stale.unlink()
+    ev = evaluate_paths(pred_dir, plan.dataset)
+    nights = PreparedDataset(plan.dataset).nights
+    tested = {s for f in plan.split.folds for s in f.test}
+    untested = [n.id for n in nights if n.subject not in tested]
+    if untested:  # a holdout split (or a split file) leaves them out on purpose: say so, not as a warning
+        ev.notes = [n for n in ev.notes if "without a prediction" not in n]
+        ev.notes.insert(0, f"{len(untested)} night(s) of subjects in no test set of the split are not evaluated")
+    ev.title = f"Cross-validation: {len(plan.split.folds)} fold(s) on {plan.dataset.resolve().name}"
+    ev.meta["crossval"] = {"run": str(run_dir), "folds": len(plan.split.folds), "split": plan.split.made_by,
+                           "options": plan.identity["options"]}
+    write_evaluation(run_dir / EVALUATION, ev, force=True)
+    cols = ["fold", "test_subjects", "val_subjects", "train_subjects", "test_nights", "epochs", *SUMMARY_METRICS,
+            "steps", "best_step", "val_accuracy", "train_seconds", "device"]
+    atomic_write_text(run_dir / FOLDS_CSV, _table(cols, [[s.get(c) for c in cols] for s in summaries]))
+    subject = {n.id: n.subject for n in nights}
+    fold_by_subject = {s: f.index for f in plan.split.folds for s in f.test}
+    rows = [[n.night, subject.get(n.night, ""), fold_by_subject.get(subject.get(n.night), ""), n.counts["n"],
+             *(n.metrics[k] for k in ("accuracy", "kappa", "macro_f1"))] for n in ev.nights]
+    atomic_write_text(run_dir / NIGHTS_CSV, _table(["night", "subject", "fold", "epochs", "accuracy", "kappa",
+                                                    "macro_f1"], rows))
+    return CrossvalResult(run_dir=run_dir, split=plan.split, folds=summaries, evaluation=ev)
+
+

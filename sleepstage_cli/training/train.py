@@ -1,0 +1,602 @@
+"""Training as in the paper: Adam, cross-entropy summed over the batch and averaged over the L positions,
+L2 on every weight but the filterbanks, stride-1 windows shuffled each pass, validation on held-out
+subjects every N steps keeping the best checkpoint; resumable; data-parallel under torchrun.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from sleepstage_cli import __version__
+from sleepstage_cli.data.dataset import MANIFEST, NightRecord, PreparedDataset
+from sleepstage_cli.data.loader import PassBatches, WindowDataset
+from sleepstage_cli.errors import InputError, Interrupted, OutputExistsError, SleepstageError
+from sleepstage_cli.evaluation.metrics import confusion_matrix, scores
+from sleepstage_cli.fsutil import (
+    atomic_open,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_output,
+    refuse_replacing_inputs,
+)
+from sleepstage_cli.interrupts import GracefulStop
+from sleepstage_cli.model.modelfile import read_torch_file, save_model
+from sleepstage_cli.model.nets import NETS
+from sleepstage_cli.model.staging import StagingModel
+from sleepstage_cli.scoring.inference import autocast_for, score_night
+from sleepstage_cli.spectrograms.cache import SpectrogramCache
+from sleepstage_cli.spectrograms.frontend import RunningStats
+from sleepstage_cli.stages import STAGES
+
+DEFAULT_SEQ_LEN = {"seqsleepnet": 20, "deepsleepnet": 20, "e2e-arnn": 1, "multitask-arnn": 1}
+CHECKPOINT_VERSION = 1
+
+
+class TrainingInterrupted(Interrupted):
+    """Training stopped on request; the checkpoint allows --resume."""
+
+
+@dataclass
+class TrainOptions:
+    """What `sleepstage train` accepts (crossval passes the same through)."""
+
+    net: str = "seqsleepnet"
+    channels: tuple[str, ...] | None = None
+    seq_len: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    l2: float = 1e-3
+    eval_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int | None = None
+    max_steps: int | None = None
+    hparams: dict = field(default_factory=dict)
+
+    def resolved_seq_len(self) -> int:
+        return int(self.seq_len or DEFAULT_SEQ_LEN.get(self.net, 20))
+
+    def fingerprint(self) -> dict:
+        """The options a resumed run must share with the interrupted one (device and workers may change)."""
+        d = asdict(self)
+        for k in ("device", "workers", "amp"):
+            d.pop(k)
+        d["seq_len"] = self.resolved_seq_len()
+        d["channels"] = list(d["channels"]) if d["channels"] else None
+        return d
+
+
+@dataclass
+class Split:
+    """Subjects used for training and for validation (model selection)."""
+
+    train: list[str]
+    val: list[str]
+
+
+def subject_split(ds: PreparedDataset, val_subjects: list[str] | None = None, val_fraction: float = 0.1,
+                  seed: int = 0, exclude: list[str] | tuple[str, ...] = ()) -> Split:
+    """Split the dataset's subjects (minus ``exclude``) into train and validation, never splitting a subject."""
+    subjects = [s for s in ds.subjects if s not in set(exclude)]
+    if val_subjects:
+        unknown = sorted(set(val_subjects) - set(subjects))
+        if unknown:
+            raise InputError(f"--val-subjects names subjects not in the dataset: {', '.join(unknown)} "
+                             f"(it has: {', '.join(subjects[:20])}{' ...' if len(subjects) > 20 else ''})", ds.root)
+        val = sorted(set(val_subjects))
+    elif val_fraction > 0:
+        if not 0 < val_fraction < 1:
+            raise InputError(f"--val-fraction must be between 0 and 1, got {val_fraction:g}")
+        if len(subjects) < 2:
+            raise InputError(f"validation needs at least 2 subjects and the dataset has {len(subjects)}; "
+                             "pass --val-fraction 0 to train without validation (the last weights are kept)",
+                             ds.root)
+        n_val = min(len(subjects) - 1, max(1, round(val_fraction * len(subjects))))
+        order = np.random.default_rng(seed).permutation(len(subjects))
+        val = sorted(subjects[i] for i in order[:n_val])
+    else:
+        val = []
+    train = [s for s in subjects if s not in set(val)]
+    if not train:
+        raise InputError("no subject is left for training", ds.root)
+    return Split(train=train, val=val)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA if present, then Apple MPS, else CPU; explicit names are checked."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local_rank}")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} asked for but no CUDA GPU is available (try --device cpu)")
+        index = device.index if device.index is not None else local_rank
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return torch.device(f"cuda:{index}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' asked for but Apple MPS is not available")
+    return device
+
+
+class Callbacks:
+    """Progress hooks; the CLI overrides them to draw the progress display."""
+
+    def stage(self, text: str) -> None: ...
+    def start(self, total_steps: int, step: int) -> None: ...
+    def step(self, step: int, loss: float, seq_per_s: float, pass_index: int) -> None: ...
+    def evaluated(self, step: int, metrics: dict, best: bool) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    best_step: int | None
+    validation: dict | None
+    log: list[dict]
+    split: Split
+    seconds: float
+    last_state: dict | None = None  # weights after the last step (the file holds the selected ones)
+
+
+def loss_fn(logits: torch.Tensor, y_ctx: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, int]:
+    """Cross-entropy summed over the batch and averaged over the L positions; unscored epochs ignored.
+
+    ``y_ctx`` holds L + 2 labels (one neighbour each side); the multitask net learns all three.
+    Returns the loss and the number of labels it covers.
+    """
+    L = y_ctx.shape[1] - 2
+    if aggregation == "neighbours":
+        target = torch.stack([y_ctx[:, :-2], y_ctx[:, 1:-1], y_ctx[:, 2:]], dim=2)
+    else:
+        target = y_ctx[:, 1:-1]
+    target = target.reshape(-1)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target, ignore_index=-1, reduction="sum")
+    return ce / L, int((target >= 0).sum())
+
+
+def l2_penalty(model: StagingModel) -> torch.Tensor:
+    """lambda-free half squared norm of the regularised weights (TensorFlow's l2_loss, as the original)."""
+    return sum((p.float() ** 2).sum() for p in model.regularised_parameters()) / 2.0
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (DataLoader workers) takes no more
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def check_range(option: str, value: float | None, low: float, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse a numeric option outside its range (``None``: not given), naming the option and the range."""
+    if value is None:
+        return
+    above = value > low if low_open else value >= low
+    below = high is None or (value < high if high_open else value <= high)
+    if not (above and below and math.isfinite(value)):
+        bounds = [f"{'greater than' if low_open else 'at least'} {_number(low)}"]
+        if high is not None:
+            bounds.append(f"{'below' if high_open else 'at most'} {_number(high)}")
+        finite = "a finite number " if math.isinf(value) else ""
+        raise InputError(f"{option} must be {finite}{' and '.join(bounds)} (got {_number(value)})")
+
+
+def check_values(opts: TrainOptions) -> None:
+    """Refuse a training option outside its range (what needs no dataset), naming the option and the range."""
+    if opts.net not in NETS:
+        raise InputError(f"unknown model {opts.net!r}; choose one of {', '.join(NETS)}")
+    for option, value in (("--epochs", opts.epochs), ("--batch-size", opts.batch_size),
+                          ("--eval-every", opts.eval_every), ("--seq-len", opts.seq_len),
+                          ("--max-steps", opts.max_steps)):
+        check_range(option, value, 1)
+    check_range("--lr", opts.lr, 0, low_open=True)
+    check_range("--l2", opts.l2, 0)
+    check_range("--seed", opts.seed, 0, MAX_SEED)
+    check_range("--workers", opts.workers, 0)
+    check_range("--dropout", opts.hparams.get("dropout"), 0, 1, high_open=True)
+
+
+def check_options(ds: PreparedDataset, opts: TrainOptions) -> tuple[tuple[str, ...], list[int]]:
+    """Refuse bad training options (before anything is written); returns the channels used and their index."""
+    check_values(opts)
+    return channel_index(ds, opts.channels)
+
+
+def channel_index(ds: PreparedDataset, kinds: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[int]]:
+    """Which of the dataset's channels a model uses (all of them by default)."""
+    have = ds.channels
+    if not kinds:
+        return have, list(range(len(have)))
+    missing = [k for k in kinds if k not in have]
+    if missing:
+        raise InputError(f"--channels asks for {', '.join(missing)} but the dataset holds {', '.join(have)}", ds.root)
+    ordered = tuple(k for k in have if k in kinds)
+    return ordered, [have.index(k) for k in ordered]
+
+
+def nights_of(ds: PreparedDataset, subjects: list[str]) -> list[NightRecord]:
+    wanted = set(subjects)
+    return [n for n in ds.nights if n.subject in wanted]
+
+
+def normalisation_stats(ds: PreparedDataset, nights: list[NightRecord], cache: SpectrogramCache,
+                        chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(channel, frame, bin) mean and std of the training epochs' spectrograms, streamed night by night."""
+    stats = RunningStats()
+    for night in nights:
+        scored = np.nonzero(np.asarray(ds.open(night)["label"]) >= 0)[0]
+        spectrograms = cache.open(night)
+        for s in range(0, scored.size, chunk):
+            stats.update(torch.from_numpy(np.asarray(spectrograms[scored[s:s + chunk]])))
+    if stats.count == 0:
+        raise InputError("the training nights hold no scored epoch", ds.root)
+    return stats.finalize()
+
+
+def evaluate(model: StagingModel, ds: PreparedDataset, nights: list[NightRecord], index: list[int],
+             device: torch.device, amp: bool) -> dict:
+    """Pooled agreement over the validation nights with test-time aggregation (as scoring does)."""
+    cm = np.zeros((5, 5), dtype=np.int64)
+    for night in nights:
+        rec = ds.open(night)
+        x = np.asarray(rec["x"][:, index], dtype=np.float32)
+        result = score_night(model, x, device, amp=amp)
+        cm += confusion_matrix(np.asarray(rec["label"]), result.stages)
+    out = scores(cm)
+    out["confusion"] = cm.tolist()
+    return out
+
+
+def refuse_overwriting_dataset(ds: PreparedDataset, output: Path) -> None:
+    """Refuse, --force or not, a model file, checkpoint or log that is or would replace a file of the dataset.
+
+    The manifest and night files are never replaced; another file inside the dataset folder only when
+    its content shows it is what this training writes (a model, checkpoint or log of an earlier run).
+    """
+    files = [ds.root / MANIFEST, *(ds.root / n.file for n in ds.nights)]
+    csv_path, json_path = log_paths(output)
+    for path, what in ((output, "model file"), (checkpoint_path(output), "checkpoint"), (csv_path, "training log"),
+                       (json_path, "training log")):
+        if not path.exists():  # replaces nothing (and a dataset of thousands of nights is not walked for it)
+            continue
+        refuse_replacing_inputs([path], files, what)
+        if not _written_by_training(path):
+            refuse_replacing_inputs([path], [ds.root], what)
+
+
+def _written_by_training(path: Path) -> bool:
+    """Whether an existing ``path`` is a model file, checkpoint or training log (by its content)."""
+    from sleepstage_cli.model.modelmeta import MODEL_FORMAT, peek_payload
+
+    if not path.is_file():
+        return False
+    if path.suffix in (".csv", ".json"):
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")[:4096]
+        except OSError:
+            return False
+        return head.startswith("step,pass,train_loss,") or ('"training":' in head and '"sleepstage_version":' in head)
+    payload = peek_payload(path) or {}
+    return payload.get("format") == MODEL_FORMAT or ("fingerprint" in payload and "optimizer" in payload)
+
+
+def checkpoint_path(output: Path) -> Path:
+    return output.with_name(output.name + ".ckpt")
+
+
+def log_paths(output: Path) -> tuple[Path, Path]:
+    stem = output.with_suffix("")
+    return stem.with_name(stem.name + ".train.csv"), stem.with_name(stem.name + ".train.json")
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, split: Split | None = None,
+                resume: bool = False, force: bool = False, callbacks: Callbacks | None = None,
+                val_subjects: list[str] | None = None, val_fraction: float = 0.1,
+                exclude_subjects: tuple[str, ...] = ()) -> TrainResult:
+    """Train a model on a prepared dataset and write the model file (and its training log) to ``output``."""
+    cb = callbacks or Callbacks()
+    t_start = time.time()
+    output = Path(output)
+    check_range("--val-fraction", val_fraction, 0, 1, high_open=True)
+    ds = PreparedDataset(dataset)
+    kinds, index = check_options(ds, opts)
+    refuse_overwriting_dataset(ds, output)
+    seq_len = opts.resolved_seq_len()
+    if split is None:
+        split = subject_split(ds, val_subjects, val_fraction, opts.seed, exclude_subjects)
+    train_nights, val_nights = nights_of(ds, split.train), nights_of(ds, split.val)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(opts.device, local_rank)
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    is_main = rank == 0
+    amp = opts.amp and device.type == "cuda"
+
+    ckpt_path = checkpoint_path(output)
+    check_writable_output(output, force=True, what="model file")  # not a folder, in one we can write: before training
+    fingerprint = json.loads(json.dumps({
+        "options": opts.fingerprint(), "split": asdict(split), "dataset": str(Path(dataset).resolve()),
+        "nights": [n.id for n in train_nights + val_nights], "checkpoint_version": CHECKPOINT_VERSION}))
+    ckpt = None
+    if resume and ckpt_path.exists():
+        try:
+            ckpt = read_torch_file(ckpt_path, "checkpoint")
+        except InputError as exc:
+            raise InputError(f"{exc}; start over with --force", ckpt_path) from None
+        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
+            raise InputError("checkpoint belongs to a run with other options, data or split; run the same command "
+                             "as before with --resume, or start over with --force", ckpt_path)
+    elif not resume or not ckpt_path.exists():
+        if ckpt_path.exists() and not force:
+            raise SleepstageError(f"a checkpoint of an interrupted run is there ({ckpt_path}); pass --resume to "
+                                  "continue it or --force to start over", output)
+        if output.exists() and not force and not resume:
+            raise OutputExistsError(output, "model file")
+        if output.exists() and resume and not force:
+            raise SleepstageError("the model is already trained (no checkpoint to resume); pass --force to "
+                                  "train it again", output)
+
+    torch.manual_seed(opts.seed)
+    random.seed(opts.seed)
+    model = StagingModel(opts.net, len(kinds), seq_len, **opts.hparams).to(device)
+    aggregation = model.net.aggregation
+    if not train_nights:
+        raise InputError("no training night", ds.root)
+
+    cache = None
+    if model.input_kind == "spectrogram":
+        cache = SpectrogramCache(ds, index)
+        cb.stage(f"spectrograms of the training nights (cached in {cache.folder})")
+        if is_main:
+            cache.ensure(train_nights, device)
+        _barrier(distributed)
+    train_set = WindowDataset(ds.root, train_nights, seq_len, index,
+                              feature_files=cache.files(train_nights) if cache else None)
+    if len(train_set) == 0:
+        raise InputError(f"the training nights hold no window of {seq_len} epochs with a scored one", ds.root)
+    steps_per_pass = PassBatches(len(train_set), opts.batch_size, opts.seed, 0, 0, rank, world).n_batches()
+    total_steps = steps_per_pass * opts.epochs
+    if opts.max_steps:
+        total_steps = min(total_steps, opts.max_steps)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    step, pass_index, batch_in_pass = 0, 0, 0
+    best = {"accuracy": -1.0, "step": None, "state": None, "metrics": None}
+    log: list[dict] = []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, pass_index, batch_in_pass = ckpt["step"], ckpt["pass"], ckpt["batch_in_pass"]
+        best = ckpt["best"]
+        log = ckpt["log"]
+        _set_rng_state(ckpt["rng"], device)
+        cb.stage(f"resuming from step {step}")
+    elif model.input_kind == "spectrogram":
+        cb.stage("computing normalisation statistics on the training nights")
+        if is_main:
+            mean, std = normalisation_stats(ds, train_nights, cache)
+        else:
+            mean = torch.zeros(len(kinds), 29, 129, dtype=torch.float64)
+            std = torch.ones(len(kinds), 29, 129, dtype=torch.float64)
+        if distributed:
+            import torch.distributed as dist
+
+            mean, std = mean.to(device), std.to(device)
+            dist.broadcast(mean, 0)
+            dist.broadcast(std, 0)
+        model.set_normalisation(mean.cpu(), std.cpu())
+        model.to(device)
+
+    train_module: torch.nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    workers = opts.workers if opts.workers is not None else (min(4, (os.cpu_count() or 2) // 2)
+                                                             if device.type == "cuda" else 0)
+    csv_path, json_path = log_paths(output)
+
+    def save_checkpoint() -> None:
+        if not is_main:
+            return
+        payload = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scaler": scaler.state_dict(), "step": step, "pass": pass_index, "batch_in_pass": batch_in_pass,
+                   "best": best, "log": log, "rng": _rng_state(device)}
+        buf = io.BytesIO()
+        torch.save(payload, buf)  # in memory first: torch turns a failed file write into an obscure RuntimeError
+        with atomic_open(ckpt_path, "wb") as fh:
+            fh.write(buf.getbuffer())
+        _write_log_csv(csv_path, log)
+
+    def run_validation(train_loss: float, seq_per_s: float) -> None:
+        nonlocal best
+        row = {"step": step, "pass": pass_index + 1, "train_loss": train_loss, "sequences_per_s": seq_per_s,
+               "val_accuracy": None, "val_macro_f1": None, "val_kappa": None, "best": False}
+        if is_main and val_nights:
+            metrics = evaluate(model, ds, val_nights, index, device, amp)
+            improved = metrics["accuracy"] > best["accuracy"]
+            if improved:
+                best = {"accuracy": metrics["accuracy"], "step": step,
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        "metrics": metrics}
+            row.update(val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"],
+                       val_kappa=metrics["kappa"], best=improved)
+            cb.evaluated(step, metrics, improved)
+        log.append(row)
+
+    cb.start(total_steps, step)
+    loss_sum, label_sum, seqs, t_window = 0.0, 0, 0, time.time()
+    finished = step >= total_steps
+    # A first Ctrl-C/SIGTERM stops after the current step with a fresh checkpoint; a second one stops at
+    # once, and the last periodic checkpoint is what a resume starts from.
+    with GracefulStop("training") as stop:
+        while not finished and pass_index < opts.epochs:
+            sampler = PassBatches(len(train_set), opts.batch_size, opts.seed, pass_index, batch_in_pass, rank, world)
+            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
+                                pin_memory=device.type == "cuda", worker_init_fn=_seed_worker,
+                                generator=torch.Generator().manual_seed(opts.seed))
+            train_module.train()
+            for x, y in loader:
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                with autocast_for(device, amp):
+                    logits = train_module(x, spectrogram=cache is not None)
+                loss, n_labels = loss_fn(logits, y, aggregation)
+                total = loss + opts.l2 * l2_penalty(model)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                batch_in_pass += 1
+                seqs += x.shape[0] * world
+                loss_sum += float(loss.detach()) * seq_len
+                label_sum += n_labels
+                elapsed = max(time.time() - t_window, 1e-9)
+                cb.step(step, loss_sum / max(label_sum, 1), seqs / elapsed, pass_index)
+                if step % opts.eval_every == 0 or step >= total_steps:
+                    _barrier(distributed)
+                    run_validation(loss_sum / max(label_sum, 1), seqs / elapsed)
+                    save_checkpoint()
+                    _barrier(distributed)
+                    loss_sum, label_sum, seqs, t_window = 0.0, 0, 0, time.time()
+                if step >= total_steps:
+                    finished = True
+                    break
+                if _stop_everywhere(stop.requested, distributed, device):
+                    save_checkpoint()
+                    raise TrainingInterrupted(f"training interrupted at step {step} of {total_steps}; the "
+                                              "checkpoint is saved: run the same command with --resume to continue",
+                                              output)
+            if not finished:
+                pass_index += 1
+                batch_in_pass = 0
+
+    result_val = None
+    final_state = None
+    if val_nights and best["state"] is not None:
+        final_state = best["state"]
+        result_val = best["metrics"]
+    if is_main:
+        train_counts = {s: sum(n.stage_counts.get(s, 0) for n in train_nights) for s in STAGES}
+        training = {
+            "dataset": str(Path(dataset).resolve()),
+            "dataset_created": ds.manifest.get("created"),
+            "layout": ds.manifest.get("options", {}).get("layout"),
+            "train_subjects": split.train, "val_subjects": split.val,
+            "train_nights": [n.id for n in train_nights], "val_nights": [n.id for n in val_nights],
+            "train_epochs_per_stage": train_counts,
+            "options": _json_safe(opts.fingerprint()),
+            "steps": step, "best_step": best["step"] if val_nights else None,
+            "selection": "best validation accuracy" if val_nights else "last step (no validation subjects)",
+            "device": str(device), "world_size": world,
+            "seconds": round(time.time() - t_start, 1),
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        spec = dict(ds.manifest["channel_spec"])
+        spec = {"kinds": list(kinds), "preset": spec.get("preset"),
+                "candidates": {k: spec["candidates"][k] for k in kinds}}
+        save_model(output, model, spec, ds.manifest["conditioning"], _json_safe(training), _json_safe(result_val),
+                   state_dict=final_state)
+        _write_log_csv(csv_path, log)
+        atomic_write_json(json_path, _json_safe({"sleepstage_version": __version__, "model": str(output),
+                                                 "training": training, "validation": result_val, "log": log}))
+        ckpt_path.unlink(missing_ok=True)
+    _barrier(distributed)
+    if cache is not None:
+        cache.close()
+    return TrainResult(output=output, steps=step, best_step=best["step"], validation=result_val, log=log,
+                       split=split, seconds=time.time() - t_start,
+                       last_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def _stop_everywhere(requested: bool, distributed: bool, device: torch.device) -> bool:
+    """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+    if not distributed:
+        return requested
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if requested else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _barrier(distributed: bool) -> None:
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _write_log_csv(path: Path, log: list[dict]) -> None:
+    import pandas as pd
+
+    columns = ["step", "pass", "train_loss", "sequences_per_s", "val_accuracy", "val_macro_f1", "val_kappa", "best"]
+    atomic_write_text(path, pd.DataFrame(log, columns=columns).to_csv(index=False))

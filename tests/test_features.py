@@ -92,13 +92,25 @@ def test_front_end_rejects_wrong_epoch_length():
         SpectrogramFrontEnd()(torch.zeros(2, 2999))
 
 
+def per_bin_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of every (channel, bin) over all epochs and frames, repeated over the frames."""
+    mean = x.mean(axis=(0, 2), keepdims=True)[0]
+    std = x.std(axis=(0, 2), keepdims=True)[0]
+    shape = x.shape[1:]
+    return np.broadcast_to(mean, shape), np.broadcast_to(std, shape)
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e6])
-def test_running_stats_match_numpy(offset):
+def test_running_stats_pool_frames_per_bin(offset):
     # The 1e6 offset defeats a naive sum-of-squares variance (it would lose ~4 digits).
     rng = np.random.default_rng(1)
-    parts = [offset + rng.normal(size=(n, 2, 29, 129)) * rng.uniform(0.5, 5) for n in (1, 7, 30, 64)]
+    # Each frame and bin gets its own level and spread, so per-cell and per-bin statistics differ.
+    level = rng.normal(scale=10, size=(2, 29, 129))
+    spread = rng.uniform(0.5, 5, size=(2, 29, 129))
+    parts = [offset + level + rng.normal(size=(n, 2, 29, 129)) * spread for n in (1, 7, 30, 64)]
     everything = np.concatenate(parts)
-    want_mean, want_std = everything.mean(axis=0), everything.std(axis=0)
+    want_mean, want_std = per_bin_reference(everything)
+    assert want_mean.shape == (2, 29, 129)
 
     single = RunningStats()
     for p in parts:
@@ -114,18 +126,42 @@ def test_running_stats_match_numpy(offset):
         assert mean.shape == std.shape == (2, 29, 129)
         np.testing.assert_allclose(mean.numpy(), want_mean, rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(std.numpy(), want_std, rtol=1e-8)
+        # the same value in every frame of a bin
+        assert torch.equal(mean, mean[:, :1].expand_as(mean)) and torch.equal(std, std[:, :1].expand_as(std))
+    # not the per-cell statistics
+    assert not np.allclose(single.finalize()[1].numpy(), everything.std(axis=0), rtol=1e-2)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_running_stats_per_cell_option(offset):
+    rng = np.random.default_rng(1)
+    parts = [offset + rng.normal(size=(n, 2, 29, 129)) * rng.uniform(0.5, 5) for n in (1, 7, 30, 64)]
+    everything = np.concatenate(parts)
+    single = RunningStats(pool_frames=False)
+    for p in parts:
+        single.update(p)
+    a, b = RunningStats(pool_frames=False), RunningStats(pool_frames=False)
+    a.update(parts[0]).update(parts[2])
+    b.update(parts[1]).update(parts[3])
+    for stats in (single, a.merge(b)):
+        mean, std = stats.finalize()
+        np.testing.assert_allclose(mean.numpy(), everything.mean(axis=0), rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(std.numpy(), everything.std(axis=0), rtol=1e-8)
+    with pytest.raises(ValueError, match="pooled"):
+        RunningStats().merge(single)
 
 
 def test_running_stats_accept_float32_tensors():
     torch.manual_seed(0)
-    batches = [torch.randn(n, 1, 29, 129) * 10 + 40 for n in (5, 11)]
+    batches = [torch.randn(n, 1, 29, 129) * 10 + 40 + torch.linspace(0, 5, 29)[:, None] for n in (5, 11)]
     stats = RunningStats()
     for b in batches:
         stats.update(b)
-    everything = torch.cat(batches).double().numpy()
+    want_mean, want_std = per_bin_reference(torch.cat(batches).double().numpy())
     mean, std = stats.finalize()
-    np.testing.assert_allclose(mean.numpy(), everything.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(std.numpy(), everything.std(0), rtol=1e-10)
+    assert mean.dtype == std.dtype == torch.float64
+    np.testing.assert_allclose(mean.numpy(), want_mean, rtol=1e-12)
+    np.testing.assert_allclose(std.numpy(), want_std, rtol=1e-10)
 
 
 def test_running_stats_floor_and_leading_dims():
@@ -133,11 +169,31 @@ def test_running_stats_floor_and_leading_dims():
     stats.update(torch.full((2, 3, 1, 29, 129), 7.0))  # (B, L, C, ...) accepted
     mean, std = stats.finalize()
     assert stats.count == 6
+    assert mean.shape == (1, 29, 129)
     assert torch.all(mean == 7.0) and torch.all(std == 0.5)
     with pytest.raises(ValueError, match="no epochs"):
         RunningStats().finalize()
     with pytest.raises(ValueError, match="shape"):
         stats.update(np.zeros((4, 2, 29, 129)))
+    with pytest.raises(ValueError, match="shape"):
+        stats.update(np.zeros((4, 1, 28, 129)))  # frames must match too: they weigh in the pooled count
+
+
+def test_old_per_cell_statistics_still_load_and_apply():
+    """A model file written before per-bin pooling holds per-cell statistics; it loads and uses them."""
+    from sleepstage_cli.model.staging import StagingModel
+
+    torch.manual_seed(0)
+    old_mean = torch.randn(2, 29, 129) * 10  # varies over frames: per-cell, as the old accumulator gave
+    old_std = torch.rand(2, 29, 129) * 5 + 1
+    old = StagingModel("e2e-arnn", 2, 1)
+    state = {k: v.clone() for k, v in old.state_dict().items()}
+    state["normalizer.mean"], state["normalizer.std"] = old_mean, old_std
+    model = StagingModel.from_config(old.config(), state)
+    torch.testing.assert_close(model.normalizer.mean, old_mean, rtol=0, atol=0)
+    torch.testing.assert_close(model.normalizer.std, old_std, rtol=0, atol=0)
+    x = torch.randn(3, 1, 2, 3000)
+    torch.testing.assert_close(model.net_input(x), (model.frontend(x) - old_mean) / old_std)
 
 
 def test_normalizer():

@@ -3,9 +3,13 @@
 The spectrogram follows the paper and the original MATLAB ``spectrogram(x, hamming(200), 100, 256)``:
 frames of 200 samples (2 s at 100 Hz) every 100 samples, symmetric Hamming window, each windowed frame
 zero-padded to 256 points, one-sided FFT (129 bins, 0-50 Hz), magnitude in dB. Frames never cross the
-border of an epoch. Normalisation statistics (mean and std of every (channel, frame, bin) cell over the
-training epochs) are accumulated with :class:`RunningStats` and applied by :class:`Normalizer`, whose
-buffers live in the model's ``state_dict`` so they travel with the model file.
+border of an epoch. Normalisation statistics are accumulated with :class:`RunningStats` and applied by
+:class:`Normalizer`, whose buffers live in the model's ``state_dict`` so they travel with the model file.
+
+Normalisation (released ``train_seqsleepnet.py``): z-score per channel and per frequency bin, the mean and
+std taken over all frames of all training epochs (the 29 frames pooled). The normaliser's buffers keep the
+shape (C, 29, 129) and hold these per-bin values repeated over the frames; model files written before this
+change hold one statistic per (channel, frame, bin) cell, and still load and score with their own values.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ class SpectrogramFrontEnd(nn.Module):
 
 
 class Normalizer(nn.Module):
-    """Z-scoring of every (channel, frame, bin) cell with stored training statistics.
+    """Z-scoring with stored training statistics, ``(x - mean) / std`` cell by cell.
 
     Parameters
     ----------
@@ -128,6 +132,9 @@ class Normalizer(nn.Module):
         Statistics in dB; identity (0, 1) until set.
 
     Buffers ``mean`` and ``std`` are saved in the ``state_dict``. Input ``(..., C, n_frames, n_bins)``.
+    The normaliser applies whatever the buffers hold: per-bin statistics repeated over the frames (what
+    :class:`RunningStats` gives now, as the released code) or, in model files written before, one value
+    per (channel, frame, bin) cell.
     """
 
     mean: torch.Tensor
@@ -175,7 +182,13 @@ class Normalizer(nn.Module):
 
 
 class RunningStats:
-    """Streaming mean and standard deviation per (C, n_frames, n_bins) cell, in float64.
+    """Streaming mean and standard deviation per channel and frequency bin, in float64.
+
+    By default the frames are pooled, as in the released code: the statistics of bin f of channel c are
+    taken over all frames of all epochs seen (29 values per epoch). :meth:`finalize` returns them
+    repeated over the frames, in the cell shape ``(C, n_frames, n_bins)`` that :class:`Normalizer` stores.
+    With ``pool_frames=False`` every (channel, frame, bin) cell keeps its own statistics (this project's
+    earlier behaviour).
 
     Each batch is reduced exactly (two-pass) and combined with the running totals by Chan et al.'s
     pairwise update, which stays accurate over millions of epochs where a sum of squares would not.
@@ -183,14 +196,17 @@ class RunningStats:
     Parameters
     ----------
     min_std : float
-        Floor of the returned std in dB, so that a constant cell cannot cause a division by zero
-        (real cells vary by several dB across a night).
+        Floor of the returned std in dB, so that a constant bin cannot cause a division by zero
+        (real bins vary by several dB across a night).
+    pool_frames : bool
+        Pool the frames (per-bin statistics; default) or keep one statistic per cell.
 
     Attributes
     ----------
     count : int
-        Number of epochs seen. ``mean`` and ``m2`` (sum of squared deviations) are float64 tensors of the
-        cell shape, or None before the first update; together they are the full state (see :meth:`merge`).
+        Number of epochs seen. ``mean`` and ``m2`` (sum of squared deviations) are float64 tensors of shape
+        ``(C, 1, n_bins)`` (``(C, n_frames, n_bins)`` without pooling), or None before the first update;
+        with ``count`` and ``cell_shape`` they are the full state (see :meth:`merge`).
 
     Notes
     -----
@@ -199,24 +215,32 @@ class RunningStats:
 
     CELL_DIMS = 3
 
-    def __init__(self, min_std: float = 1e-3) -> None:
+    def __init__(self, min_std: float = 1e-3, pool_frames: bool = True) -> None:
         self.min_std = float(min_std)
+        self.pool_frames = bool(pool_frames)
         self.count = 0
+        self.cell_shape: tuple[int, ...] | None = None
         self.mean: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None
 
-    def _combine(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+    def _values_per_epoch(self) -> int:
+        """Samples each epoch adds to every statistic: its frames when pooled, else 1."""
+        return self.cell_shape[-2] if self.pool_frames and self.cell_shape is not None else 1
+
+    def _combine(self, count: int, cell_shape: tuple[int, ...], mean: torch.Tensor, m2: torch.Tensor) -> None:
         if count == 0:
             return
+        if self.cell_shape is not None and cell_shape != self.cell_shape:
+            raise ValueError(f"cell shape {cell_shape} does not match {self.cell_shape}")
         if self.mean is None or self.m2 is None or self.count == 0:
-            self.count, self.mean, self.m2 = count, mean.clone(), m2.clone()
+            self.count, self.cell_shape, self.mean, self.m2 = count, cell_shape, mean.clone(), m2.clone()
             return
-        if mean.shape != self.mean.shape:
-            raise ValueError(f"cell shape {tuple(mean.shape)} does not match {tuple(self.mean.shape)}")
         total = self.count + count
         delta = mean - self.mean
         self.mean = self.mean + delta * (count / total)
-        self.m2 = self.m2 + m2 + delta.square() * (self.count * count / total)
+        # Chan et al. in samples (epochs x values per epoch): n_a n_b / n = k count_a count_b / total.
+        k = self._values_per_epoch()
+        self.m2 = self.m2 + m2 + delta.square() * (k * self.count * count / total)
         self.count = total
 
     def update(self, batch: torch.Tensor | np.ndarray) -> "RunningStats":
@@ -224,24 +248,29 @@ class RunningStats:
         t = batch.detach() if torch.is_tensor(batch) else torch.from_numpy(np.asarray(batch))
         if t.ndim < self.CELL_DIMS:
             raise ValueError(f"expected (N, C, frames, bins), got shape {tuple(t.shape)}")
-        t = t.to("cpu", torch.float64).reshape(-1, *t.shape[-self.CELL_DIMS:])
+        cell_shape = tuple(t.shape[-self.CELL_DIMS:])
+        t = t.to("cpu", torch.float64).reshape(-1, *cell_shape)
         n = t.shape[0]
         if n == 0:
             return self
-        mean = t.mean(dim=0)
-        m2 = (t - mean).square().sum(dim=0)
-        self._combine(n, mean, m2)
+        dims = (0, 2) if self.pool_frames else (0,)
+        mean = t.mean(dim=dims, keepdim=True)
+        m2 = (t - mean).square().sum(dim=dims, keepdim=True)
+        self._combine(n, cell_shape, mean[0], m2[0])
         return self
 
     def merge(self, other: "RunningStats") -> "RunningStats":
         """Fold another accumulator (e.g. another worker's) into this one, in place; returns self."""
-        if other.count and other.mean is not None and other.m2 is not None:
-            self._combine(other.count, other.mean, other.m2)
+        if other.pool_frames != self.pool_frames:
+            raise ValueError("cannot merge statistics pooled over frames with per-cell statistics")
+        if other.count and other.cell_shape is not None and other.mean is not None and other.m2 is not None:
+            self._combine(other.count, other.cell_shape, other.mean, other.m2)
         return self
 
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (float64 tensors of the cell shape), std floored at ``min_std``."""
-        if self.count == 0 or self.mean is None or self.m2 is None:
+        """Mean and std, float64 tensors of the cell shape ``(C, n_frames, n_bins)``, std floored at
+        ``min_std``; with pooled frames every frame holds its bin's values."""
+        if self.count == 0 or self.cell_shape is None or self.mean is None or self.m2 is None:
             raise ValueError("no epochs were accumulated; cannot compute normalisation statistics")
-        std = (self.m2 / self.count).sqrt().clamp_min(self.min_std)
-        return self.mean.clone(), std
+        std = (self.m2 / (self.count * self._values_per_epoch())).sqrt().clamp_min(self.min_std)
+        return self.mean.expand(self.cell_shape).clone(), std.expand(self.cell_shape).clone()

@@ -16,8 +16,11 @@ class E2EARNN(StagingNet):
 
     Parameters
     ----------
-    n_channels, n_filters, rnn, hidden, attention, dropout, n_classes
-        As :class:`~sleepstage_cli.model.nets.seqsleepnet.SeqSleepNet` (same defaults).
+    n_channels, n_filters, rnn, hidden, dropout, n_classes
+        As :class:`~sleepstage_cli.model.nets.seqsleepnet.SeqSleepNet` (same defaults; ``rnn`` includes
+        "bnlstm").
+    attention : int
+        Attention size: 32, the released E2E-ARNN settings (SeqSleepNet uses 64).
 
     Output logits ``(B, L, n_classes)``.
     """
@@ -33,7 +36,7 @@ class E2EARNN(StagingNet):
         n_filters: int = 32,
         rnn: str = "gru",
         hidden: int = 64,
-        attention: int = 64,
+        attention: int = 32,
         dropout: float = 0.25,
         n_classes: int = 5,
     ) -> None:

@@ -13,6 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bnlstm import BNLSTM, StepBatchNorm
+
+RNN_KINDS = ("gru", "lstm", "bnlstm")
+"""Recurrent cells the networks take as ``rnn``: ``nn.GRU``, ``nn.LSTM`` and the released code's
+batch-normalised LSTM (:mod:`.bnlstm`)."""
+
+N_FRAMES = 29
+"""Frames per epoch (30 s, 2-s windows every 1 s): the epoch-level sequence length."""
+
 
 def lin_tri_filter_shape(
     nfilt: int = 32, nfft: int = 256, samplerate: float = 100.0, lowfreq: float = 0.0, highfreq: float | None = None
@@ -94,28 +103,44 @@ class TriangularFilterbank(nn.Module):
 
 
 class BiRNN(nn.Module):
-    """Bidirectional GRU/LSTM with dropout on its inputs and on its outputs: ``(N, T, in) -> (N, T, 2*hidden)``.
+    """Bidirectional RNN with dropout on its inputs and on its outputs: ``(N, T, in) -> (N, T, 2*hidden)``.
 
     Mirrors the released ``DropoutWrapper(input_keep_prob, output_keep_prob)``; with ``num_layers > 1``
     the same dropout is also applied between layers.
+
+    Parameters
+    ----------
+    rnn : {"gru", "lstm", "bnlstm"}
+        The cell: ``nn.GRU``, ``nn.LSTM`` or the batch-normalised LSTM (:class:`.bnlstm.BNLSTM`).
+    max_steps : int, optional
+        Sequence length in training; required by "bnlstm", which keeps batch-norm statistics per time
+        step up to it (ignored by the others).
     """
 
     def __init__(
-        self, input_size: int, hidden: int = 64, rnn: str = "gru", dropout: float = 0.25, num_layers: int = 1
+        self,
+        input_size: int,
+        hidden: int = 64,
+        rnn: str = "gru",
+        dropout: float = 0.25,
+        num_layers: int = 1,
+        max_steps: int | None = None,
     ) -> None:
         super().__init__()
-        kinds = {"gru": nn.GRU, "lstm": nn.LSTM}
-        if rnn not in kinds:
-            raise ValueError(f"unknown rnn {rnn!r}; choose one of {sorted(kinds)}")
+        if rnn not in RNN_KINDS:
+            raise ValueError(f"unknown rnn {rnn!r}; choose one of {list(RNN_KINDS)}")
         self.drop_in = nn.Dropout(dropout)
-        self.rnn = kinds[rnn](
-            input_size,
-            hidden,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        between = dropout if num_layers > 1 else 0.0
+        self.rnn: nn.Module
+        if rnn == "bnlstm":
+            if max_steps is None:
+                raise ValueError("rnn 'bnlstm' needs max_steps (the training sequence length)")
+            self.rnn = BNLSTM(input_size, hidden, max_steps, num_layers=num_layers, dropout=between)
+        else:
+            cls = nn.GRU if rnn == "gru" else nn.LSTM
+            self.rnn = cls(
+                input_size, hidden, num_layers=num_layers, batch_first=True, bidirectional=True, dropout=between
+            )
         self.drop_out = nn.Dropout(dropout)
         self.out_features = 2 * hidden
 
@@ -148,7 +173,7 @@ class EpochEncoder(nn.Module):
     """Epoch level of SeqSleepNet/E2E-ARNN: filterbank -> BiRNN over frames -> attention.
 
     Input normalised spectrograms ``(N, C, T, F)``; returns epoch vectors ``(N, 2*hidden)`` and attention
-    weights ``(N, T)``.
+    weights ``(N, T)``. ``n_frames`` (29) is the training length T that "bnlstm" keeps statistics for.
     """
 
     def __init__(
@@ -159,10 +184,11 @@ class EpochEncoder(nn.Module):
         hidden: int = 64,
         attention: int = 64,
         dropout: float = 0.25,
+        n_frames: int = N_FRAMES,
     ) -> None:
         super().__init__()
         self.filterbank = TriangularFilterbank(n_channels, n_filters)
-        self.rnn = BiRNN(self.filterbank.out_features, hidden, rnn, dropout)
+        self.rnn = BiRNN(self.filterbank.out_features, hidden, rnn, dropout, max_steps=n_frames)
         self.attention = AdditiveAttention(self.rnn.out_features, attention)
         self.out_features = self.rnn.out_features
 
@@ -205,7 +231,9 @@ class PositionwiseLinear(nn.Module):
         return torch.einsum("bpi,poi->bpo", x, self.weight) + self.bias
 
 
-_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm)
+_NORM_TYPES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm, StepBatchNorm,
+)  # fmt: skip
 
 
 def l2_parameters(net: nn.Module) -> Iterator[nn.Parameter]:

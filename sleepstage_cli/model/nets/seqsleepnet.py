@@ -25,9 +25,10 @@ class SeqSleepNet(StagingNet):
         Epochs per sequence L (20 in the headline model). Binding only with ``output="per-position"``.
     n_filters : int
         Triangular filters per channel (32).
-    rnn : {"gru", "lstm"}
-        Recurrent cell of both levels: the paper's GRU, or an LSTM (the released code's cell, here without
-        its recurrent batch normalisation).
+    rnn : {"gru", "lstm", "bnlstm"}
+        Recurrent cell of both levels: GRU (this project's reading of the paper), a plain LSTM, or the
+        released code's batch-normalised LSTM (:mod:`.bnlstm`; batch-norm statistics per time step up to
+        29 frames at the epoch level and ``seq_len`` epochs at the sequence level).
     hidden : int
         Units per direction in both BiRNNs (64).
     attention : int
@@ -70,7 +71,7 @@ class SeqSleepNet(StagingNet):
         self.n_channels = n_channels
         self.seq_len = seq_len
         self.encoder = EpochEncoder(n_channels, n_filters, rnn, hidden, attention, dropout)
-        self.seq_rnn = BiRNN(self.encoder.out_features, hidden, rnn, dropout)
+        self.seq_rnn = BiRNN(self.encoder.out_features, hidden, rnn, dropout, max_steps=seq_len)
         d = self.seq_rnn.out_features
         self.output: nn.Module = (
             PositionwiseLinear(seq_len, d, n_classes) if output == "per-position" else nn.Linear(d, n_classes)

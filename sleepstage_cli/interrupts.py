@@ -9,10 +9,27 @@ state and stops. A second signal raises KeyboardInterrupt at once, for a user wh
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
-from sleepstage_cli.cli import console as con
+
+def _stderr_notice(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+_notify: Callable[[str], None] = _stderr_notice
+
+
+def set_notifier(fn: Callable[[str], None] | None) -> None:
+    """Choose how a first interrupt is announced (the CLI installs its console's ``warn``).
+
+    ``fn`` is called with one message from the signal handler itself, so it should only print.
+    ``None`` restores the default, a ``warning: ...`` line on stderr.
+    """
+    global _notify
+    _notify = _stderr_notice if fn is None else fn
 
 
 class GracefulStop:
@@ -28,7 +45,7 @@ class GracefulStop:
             self._restore()
             raise KeyboardInterrupt
         self.requested = True
-        con.warn(f"stopping {self.what} at the next safe point (press Ctrl-C again to stop at once)")
+        _notify(f"stopping {self.what} at the next safe point (press Ctrl-C again to stop at once)")
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():

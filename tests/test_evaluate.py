@@ -20,12 +20,12 @@ from sleepstage_cli.evaluation.evaluate import (
     evaluate_pairs,
     match_epochs,
     pair_nights,
-    write_evaluation,
 )
 from sleepstage_cli.evaluation.metrics import agreement, confusion_matrix, scores
 from sleepstage_cli.evaluation.sleepstats import sleep_statistics, statistics_agreement
 from sleepstage_cli.io.hypnogram import Hypnogram
 from sleepstage_cli.io.layout import pairing_key
+from sleepstage_cli.report.evaluation_files import write_evaluation
 from sleepstage_cli.stages import STAGES
 
 LABELS = list(range(5))

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sleepstage_cli import __version__
+from sleepstage_cli import __version__, interrupts
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.errors import SleepstageError
 
@@ -46,6 +46,7 @@ def _main(
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     STATE.debug = debug or os.environ.get("SLEEPSTAGE_DEBUG", "") not in ("", "0")
+    interrupts.set_notifier(con.warn)  # "stopping ... at the next safe point" in the console's style
 
 
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,

@@ -8,14 +8,18 @@ import sys
 
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.cli.app import app
-from sleepstage_cli.cli.commands import (  # noqa: F401  (each registers its commands)
+
+# Each module registers its command; `sleepstage --help` lists them in this order.
+# isort: off
+from sleepstage_cli.cli.commands import (  # noqa: F401
+    train,
     crossval,
     evaluate,
     prepare,
     score,
     simulate,
-    train,
 )
+# isort: on
 
 
 def _exit(code: object) -> None:

@@ -9,6 +9,11 @@ leaves no half-written night behind. A run appends each finished night to ``mani
 line, on disk before the next night) and folds it into the manifest at its end: writing the manifest once
 per run keeps a run linear in its nights, and a killed run loses no finished night (readers merge the
 journal; the next run folds it in).
+
+A night's manifest entry records the ``sha256`` of its night file, computed as the file is written
+(an optional field: datasets prepared before it was added open as before). It feeds the dataset's
+identity (:meth:`PreparedDataset.identity`): its folder name and a digest of its content, the way model
+files, run folders and reports name a dataset instead of by its path.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -28,6 +34,7 @@ import numpy as np
 from sleepstage_cli import __version__
 from sleepstage_cli.constants import EPOCH_SAMPLES
 from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
+from sleepstage_cli.digests import HashingWriter, file_sha256, is_sha256, last_name, named
 from sleepstage_cli.errors import InputError, SleepstageError, WriteError
 from sleepstage_cli.fsutil import atomic_open, atomic_write_json, read_json
 from sleepstage_cli.stages import STAGES
@@ -44,8 +51,13 @@ def night_dtype(n_channels: int) -> np.dtype:
     return np.dtype([("x", "<f4", (n_channels, EPOCH_SAMPLES)), ("onset", "<f8"), ("label", "i1")], align=True)
 
 
-def write_night(path: Path, x: np.ndarray, onsets: np.ndarray, labels: np.ndarray) -> None:
-    """Write one night's epochs atomically. ``x`` is (n_epochs, channels, 3000)."""
+def write_night(path: Path, x: np.ndarray, onsets: np.ndarray, labels: np.ndarray) -> str:
+    """Write one night's epochs atomically. ``x`` is (n_epochs, channels, 3000). Returns the file's sha256.
+
+    The digest is of the bytes as they are written (no second read). They go through Python's file
+    I/O (:class:`~sleepstage_cli.digests.HashingWriter`), so a full disk raises OSError(ENOSPC), which
+    prepare tells from a bad night.
+    """
     n, c, s = x.shape
     if s != EPOCH_SAMPLES or onsets.shape != (n,) or labels.shape != (n,):
         raise ValueError("epochs, onsets and labels disagree in shape")
@@ -54,19 +66,9 @@ def write_night(path: Path, x: np.ndarray, onsets: np.ndarray, labels: np.ndarra
     rec["onset"] = onsets
     rec["label"] = labels
     with atomic_open(path, "wb") as fh:
-        np.save(_PythonWrites(fh), rec, allow_pickle=False)
-
-
-class _PythonWrites:
-    """A file as np.save sees it when its writes must go through Python's file I/O.
-
-    Given a real file, np.save writes with C ``fwrite``, and a full disk then surfaces as "30 requested
-    and 21 written" with no errno; through ``write`` it raises OSError(ENOSPC), which prepare tells
-    from a bad night.
-    """
-
-    def __init__(self, fh) -> None:
-        self.write = fh.write
+        out = HashingWriter(fh)
+        np.save(out, rec, allow_pickle=False)
+    return out.hexdigest()
 
 
 def open_night(path: Path) -> np.ndarray:
@@ -215,6 +217,59 @@ class PreparedDataset:
         """Memory-mapped records of one night (fields x, onset, label)."""
         rec = night if isinstance(night, NightRecord) else self.night(night)
         return open_night(self.root / rec.file)
+
+    def identity(self) -> dict:
+        """How model files, run folders and reports name the dataset: ``{"name": ..., "sha256": ...}``.
+
+        ``name`` is the folder's name; ``sha256`` is a digest of the content that defines the data: the
+        channel spec, the conditioning and, per night, its id, subject, number of epochs and the sha256
+        of its night file. Never paths or creation times: a copied or moved dataset keeps its digest, a
+        night prepared differently changes it. prepare records each night file's digest as it writes
+        it (that recorded digest is trusted: sleepstage never changes a night file in place); for a
+        dataset prepared before it did, the night files are read here to hash them (streamed, and
+        once per process while a file is unchanged).
+        """
+        nights = [{"id": n.id, "subject": n.subject, "n_epochs": n.n_epochs,
+                   "sha256": n.meta["sha256"] if is_sha256(n.meta.get("sha256")) else file_sha256(self.root / n.file)}
+                  for n in self.nights]
+        content = {"format": FORMAT, "channel_spec": self.manifest.get("channel_spec"),
+                   "conditioning": self.manifest.get("conditioning"), "nights": nights}
+        text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return {"name": Path(os.path.abspath(self.root)).name, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def dataset_label(recorded: object) -> str:
+    """A dataset as a model's metadata or a run folder records it, for people: ``name (sha256 abcdef123456)``.
+
+    Files of an older sleepstage record the dataset's absolute path: only its folder name is shown.
+    """
+    if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
+        return named(recorded["name"], recorded["sha256"]) if is_sha256(recorded.get("sha256")) else recorded["name"]
+    if isinstance(recorded, str) and last_name(recorded):
+        return last_name(recorded)
+    return "?"
+
+
+def same_dataset(recorded: object, identity: dict) -> bool:
+    """Whether a recorded dataset is the one of ``identity`` (:meth:`PreparedDataset.identity`).
+
+    One recorded by an older sleepstage (its absolute path) can only be told by its folder name.
+    """
+    if isinstance(recorded, str):
+        return last_name(recorded) == identity["name"]
+    return recorded == identity
+
+
+def same_description(recorded: object, current: dict) -> bool:
+    """Whether a recorded description (a checkpoint's fingerprint...) is ``current``, whose
+    ``"dataset"`` is an identity: equal, or equal but for the dataset recorded as a path by an older
+    sleepstage with the same folder name."""
+    if not isinstance(recorded, dict):
+        return False
+    old = recorded.get("dataset")
+    if isinstance(old, str) and same_dataset(old, current["dataset"]):
+        recorded = {**recorded, "dataset": current["dataset"]}
+    return recorded == current
 
 
 def new_manifest(channel_spec: dict, conditioning: dict, options: dict) -> dict:

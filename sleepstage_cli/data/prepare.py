@@ -2,7 +2,8 @@
 
 Per night, data flows one way: header -> channels resolved -> hypnogram read, aligned, clipped to
 the signal (and trimmed) -> each channel read, derived, filtered, resampled, standardised -> 30-s
-windows cut at the scored onsets -> one night file. Nights run in worker processes with ``jobs > 1``.
+windows cut at the scored onsets -> one night file, whose sha256 (of the bytes as they are written)
+goes into the night's manifest entry. Nights run in worker processes with ``jobs > 1``.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
 
     rel = f"{NIGHTS_DIR}/{src.night_id}.npy"
     try:
-        write_night(out_root / rel, x, kept.onsets.astype(np.float64), kept.stages)
+        sha256 = write_night(out_root / rel, x, kept.onsets.astype(np.float64), kept.stages)
     except WriteError as exc:
         if exc.errno not in _DISK_FULL:
             raise
@@ -188,6 +189,7 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
         "id": src.night_id,
         "subject": src.subject,
         "file": rel,
+        "sha256": sha256,  # of the night file: part of the dataset's identity (PreparedDataset.identity)
         "psg": str(src.psg),
         "hypnogram": str(src.hypnogram),
         "psg_size": stat.st_size,

@@ -1,4 +1,4 @@
-"""Predicted hypnograms against reference ones: pairing, epoch matching, metrics, output files.
+"""Predicted hypnograms against reference ones: pairing, epoch matching, metrics.
 
 Each step is usable alone (``sleepstage crossval`` starts at :func:`evaluate_pairs`):
 
@@ -8,7 +8,7 @@ Each step is usable alone (``sleepstage crossval`` starts at :func:`evaluate_pai
    position, so a prediction that starts later or skips epochs is still compared epoch for epoch.
 3. :func:`evaluate_pairs` computes the paper's metrics pooled over every matched epoch of every
    night and per night (mean and SD over nights), and the agreement of sleep statistics;
-   :func:`write_evaluation` writes them out.
+   :func:`sleepstage_cli.report.evaluation_files.write_evaluation` writes them out.
 
 Unscored epochs (``?`` in a prediction, movement time in a reference...) never count, but how many
 there were is reported: a model that declines the hard epochs must not look better unnoticed.
@@ -16,9 +16,6 @@ there were is reported: a model that declines the hard epochs must not look bett
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -29,10 +26,9 @@ import numpy as np
 
 from sleepstage_cli import __version__
 from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset
-from sleepstage_cli.errors import InputError, OutputExistsError, SleepstageError
-from sleepstage_cli.evaluation.metrics import agreement, scores
-from sleepstage_cli.evaluation.sleepstats import FIELD_BY_NAME, STAT_FIELDS, sleep_statistics, statistics_agreement
-from sleepstage_cli.fsutil import atomic_write_text
+from sleepstage_cli.errors import InputError, SleepstageError
+from sleepstage_cli.evaluation.metrics import agreement, scores, summarise_nights
+from sleepstage_cli.evaluation.sleepstats import sleep_statistics, statistics_agreement
 from sleepstage_cli.io.edf import read_header
 from sleepstage_cli.io.hypnogram import TABLE_SUFFIXES, Hypnogram, has_stage_annotations, read_hypnogram
 from sleepstage_cli.io.layout import folder_files, pairing_key
@@ -55,6 +51,7 @@ scored in both)."""
 
 OUTPUT_FILES = ("metrics.json", "per_night.csv", "per_class.csv", "confusion.csv", "confusion_normalised.csv",
                 "sleep_statistics.csv", "stats_agreement.csv", "report.html")
+"""The files :func:`sleepstage_cli.report.evaluation_files.write_evaluation` writes (never paired as predictions)."""
 
 _HYPNOGRAM_SUFFIXES = TABLE_SUFFIXES + (".edf", ".bdf")
 
@@ -391,7 +388,7 @@ class Evaluation:
     title: str = "Evaluation against reference hypnograms"
 
     def to_dict(self) -> dict:
-        """The content of ``metrics.json`` (NaN still NaN; :func:`write_evaluation` turns it into null)."""
+        """The content of ``metrics.json`` (NaN still NaN; :func:`jsonable` turns it into null)."""
         return {
             "sleepstage_version": __version__, "title": self.title, **self.meta, "tolerance_s": self.tolerance,
             "classes": list(STAGES), "n_nights": len(self.nights), "pooled": self.pooled, "summary": self.summary,
@@ -430,8 +427,6 @@ def evaluate_pairs(pairs: Iterable[tuple[str, Hypnogram, Hypnogram]],
     nights = [evaluate_night(night, p, r, tolerance) for night, p, r in pairs]
     if not nights:
         raise SleepstageError("no night to evaluate")
-    from sleepstage_cli.report.html import summarise_nights  # matplotlib comes with it: not before the input is good
-
     ids = [n.night for n in nights]
     if len(set(ids)) != len(ids):
         raise SleepstageError(f"night {next(i for i in ids if ids.count(i) > 1)!r} is given twice")
@@ -446,6 +441,25 @@ def evaluate_pairs(pairs: Iterable[tuple[str, Hypnogram, Hypnogram]],
                       stats_agreement=statistics_agreement([n.pred_stats for n in nights],
                                                            [n.ref_stats for n in nights]),
                       tolerance=float(tolerance), notes=notes)
+
+
+def _under(path: str | None, given: Path) -> str | None:
+    """A prediction or reference file as the results name it: relative to the folder given, else its file name."""
+    if path is None:
+        return None
+    p = Path(path)
+    if given.is_dir():
+        for base in (given, Path(os.path.abspath(given))):
+            if p.is_relative_to(base):
+                return p.relative_to(base).as_posix()
+    return p.name
+
+
+def name_sources(ev: Evaluation, pred: str | Path, ref: str | Path) -> None:
+    """Name each night's prediction and reference files relative to the ``pred`` and ``ref`` folders they were
+    found in (else by file name): the results never say where files lie (paths carry user and patient names)."""
+    for n in ev.nights:
+        n.pred_source, n.ref_source = _under(n.pred_source, Path(pred)), _under(n.ref_source, Path(ref))
 
 
 def evaluate_paths(pred: str | Path, ref: str | Path, tolerance: float = DEFAULT_TOLERANCE,
@@ -464,19 +478,23 @@ def evaluate_paths(pred: str | Path, ref: str | Path, tolerance: float = DEFAULT
                 on_night(pair)
 
     ev = evaluate_pairs(loaded(), tolerance)
-    ev.unpaired_predictions, ev.unpaired_references = pairing.pred_only, pairing.ref_only
+    name_sources(ev, pred, ref)
+    ev.unpaired_predictions = [_under(p, Path(pred)) for p in pairing.pred_only]
+    ev.unpaired_references = [_under(r, Path(ref)) for r in pairing.ref_only]
     if pairing.pred_only:
         ev.notes.insert(0, f"{len(pairing.pred_only)} prediction(s) without a reference, not evaluated: "
                            f"{_names(Path(p).name for p in pairing.pred_only)}")
     if pairing.ref_only:
         ev.notes.insert(0, f"{len(pairing.ref_only)} reference night(s) without a prediction, not evaluated: "
                            f"{_names(Path(r).name for r in pairing.ref_only)}")
-    ev.meta = {"prediction": str(pred), "reference": str(ref), "reference_is_dataset": pairing.dataset is not None}
+    ev.meta = {"prediction": Path(os.path.abspath(pred)).name,
+               "reference": pairing.dataset.identity() if pairing.dataset else Path(os.path.abspath(ref)).name,
+               "reference_is_dataset": pairing.dataset is not None}
     ev.title = f"Evaluation of {Path(pred).name} against {Path(ref).name}"
     return ev
 
 
-# --------------------------------------------------------------------------- output
+# --------------------------------------------------------------------------- JSON
 
 def jsonable(obj: object) -> object:
     """``obj`` with NaN/inf as None and numpy/Path values as plain JSON types."""
@@ -493,75 +511,3 @@ def jsonable(obj: object) -> object:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def _cell(v: object) -> object:
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v)) if math.isfinite(v) else ""
-    return "" if v is None else v
-
-
-def _csv(header: list[str], rows: Iterable[Iterable[object]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows([_cell(v) for v in row] for row in rows)
-    return buf.getvalue()
-
-
-def _csv_texts(ev: Evaluation) -> dict[str, str]:
-    rows = [n.row() for n in ev.nights]
-    head = ["night", "prediction", "reference", "epoch_length", *COUNT_KEYS, *SUMMARY_KEYS]
-    extra = {n.night: (n.pred_source, n.ref_source, n.epoch_length) for n in ev.nights}
-    out = {"per_night.csv": _csv(head, ([r["night"], *extra[r["night"]], *(r[k] for k in head[4:])] for r in rows))}
-
-    pc = ev.pooled["per_class"]
-    cm = np.asarray(ev.pooled["confusion"])
-    night_cols = [f"night_{a}_{m}" for m in CLASS_METRICS[1:] for a in ("mean", "sd")]
-    out["per_class.csv"] = _csv(["stage", *CLASS_METRICS, "predicted", *night_cols], (
-        [s, *(pc[s][m] for m in CLASS_METRICS), int(cm[:, i].sum()),
-         *(ev.summary[f"{s}_{m}"][a] for m in CLASS_METRICS[1:] for a in ("mean", "sd"))]
-        for i, s in enumerate(STAGES)))
-    for name, key in (("confusion.csv", "confusion"), ("confusion_normalised.csv", "confusion_normalised")):
-        out[name] = _csv(["reference", *STAGES], ([s, *ev.pooled[key][i]] for i, s in enumerate(STAGES)))
-
-    fields = [f.name for f in STAT_FIELDS]
-    out["sleep_statistics.csv"] = _csv(["night", "scoring", *fields], (
-        [n.night, who, *(stats[f] for f in fields)] for n in ev.nights
-        for who, stats in (("reference", n.ref_stats), ("prediction", n.pred_stats))))
-    keys = ["n", "mean_ref", "mean_pred", "bias", "sd", "loa_low", "loa_high", "r"]
-    out["stats_agreement.csv"] = _csv(["field", "unit", *keys], (
-        [f, FIELD_BY_NAME[f].unit if f in FIELD_BY_NAME else "", *(a[k] for k in keys)]
-        for f, a in ev.stats_agreement.items()))
-    return out
-
-
-def write_evaluation(out_dir: str | Path, ev: Evaluation, force: bool = False) -> list[Path]:
-    """Write :data:`OUTPUT_FILES` into ``out_dir``, each atomically; returns their paths.
-
-    Refuses (OutputExistsError, nothing written) when any of them is already there, unless ``force``.
-    Every file is rendered before the first is written, so a failure leaves the folder as it was.
-    """
-    from sleepstage_cli.report.html import evaluation_report_html
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SleepstageError("evaluation output is a file, not a folder", out_dir)
-    if not force and any((out_dir / name).exists() for name in OUTPUT_FILES):
-        raise OutputExistsError(out_dir, "evaluation output")
-    probe = out_dir
-    while not probe.exists():  # the first existing ancestor is where the folder will be made
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SleepstageError(f"cannot write the evaluation output {out_dir}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SleepstageError(f"cannot write the evaluation output {out_dir}: folder {probe} is not writable")
-
-    texts = {"metrics.json": json.dumps(jsonable(ev.to_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n"}
-    texts.update(_csv_texts(ev))
-    texts["report.html"] = evaluation_report_html(ev.report_dict())
-    paths = []
-    for name in OUTPUT_FILES:
-        atomic_write_text(out_dir / name, texts[name])
-        paths.append(out_dir / name)
-    return paths

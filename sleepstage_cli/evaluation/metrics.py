@@ -11,6 +11,7 @@ agreement is total (both hypnograms a single identical class).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -82,4 +83,16 @@ def agreement(reference: np.ndarray, predicted: np.ndarray) -> dict:
     cm = confusion_matrix(reference, predicted)
     out = scores(cm)
     out["confusion"] = cm.tolist()
+    return out
+
+
+def summarise_nights(per_night: Sequence[dict], keys: Sequence[str] = ("accuracy", "macro_f1", "kappa")) -> dict:
+    """Mean and sample SD (ddof = 1) over nights of each metric, NaN nights left out:
+    ``{key: {"mean": ..., "sd": ..., "n": ...}}``."""
+    out = {}
+    for key in keys:
+        v = np.array([float(r.get(key, math.nan)) for r in per_night], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        out[key] = {"mean": float(v.mean()) if v.size else math.nan,
+                    "sd": float(v.std(ddof=1)) if v.size >= 2 else math.nan, "n": int(v.size)}
     return out

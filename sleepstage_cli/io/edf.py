@@ -144,6 +144,43 @@ def read_header(path: str | Path) -> EdfHeader:
         raise InputError("file not found", path)
     if path.is_dir():
         raise InputError("is a folder, not an EDF file", path)
+    size, fixed, head, rest = _read_header_bytes(path)
+    columns = _signal_columns(rest, head.ns, path)
+    samples = [_number(n, f"samples per record of signal {i + 1} ({columns.labels[i]!r})", path, integer=True)
+               for i, n in enumerate(columns.nsamps)]
+    if any(n <= 0 for n in samples):
+        bad = columns.labels[samples.index(min(samples))]
+        raise InputError(f"corrupted EDF header: signal {bad!r} has no samples per record", path)
+    n_records = _records_in_file(head, sum(samples) * head.sample_bytes, size, path)
+
+    variant = ""
+    if head.reserved.upper().startswith(("EDF+C", "EDF+D", "BDF+C", "BDF+D")):
+        variant = head.reserved[:5].upper()
+    annotation_indices = tuple(i for i, lab in enumerate(columns.labels) if lab.lower() in _ANNOTATION_LABELS)
+    signals = _signal_infos(columns, samples, head.record_duration, annotation_indices, path)
+
+    start = _start_time(_field(fixed[168:176], "", path), _field(fixed[176:184], "", path))
+    return EdfHeader(path=path, kind=head.kind, variant=variant, start=start, n_records=int(n_records),
+                     record_duration=float(head.record_duration), signals=tuple(signals),
+                     annotation_indices=annotation_indices, record_samples=tuple(int(n) for n in samples),
+                     header_bytes=int(head.header_bytes), sample_bytes=head.sample_bytes)
+
+
+@dataclass(frozen=True)
+class _FixedHeader:
+    """The checked fields of the first 256 header bytes that the rest of the header depends on."""
+
+    kind: str  # "EDF" or "BDF"
+    sample_bytes: int
+    header_bytes: int
+    reserved: str
+    n_records: int  # as declared: -1 while recording
+    record_duration: float
+    ns: int
+
+
+def _read_header_bytes(path: Path) -> tuple[int, bytes, _FixedHeader, bytes]:
+    """The file's size, its first 256 bytes, their fields and the ``256 * ns`` bytes of signal fields."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -152,50 +189,70 @@ def read_header(path: str | Path) -> EdfHeader:
                 raise InputError("file is empty (0 bytes), not an EDF file", path)
             if len(fixed) < 256:
                 raise InputError(f"not an EDF file: only {len(fixed)} bytes, an EDF header needs 256", path)
-            if fixed[:8] == b"0       ":
-                kind, sample_bytes = "EDF", 2
-            elif fixed[:8] == b"\xffBIOSEMI":
-                kind, sample_bytes = "BDF", 3
-            else:
-                raise InputError("not an EDF/BDF file (its first bytes are not an EDF version field)", path)
-            header_bytes = _number(_field(fixed[184:192], "", path), "header size", path, integer=True)
-            reserved = _field(fixed[192:236], "", path)
-            n_records = _number(_field(fixed[236:244], "", path), "number of data records", path, integer=True)
-            record_duration = _number(_field(fixed[244:252], "", path), "data record duration", path)
-            ns = _number(_field(fixed[252:256], "", path), "number of signals", path, integer=True)
-            if ns < 0 or ns > 4096:
-                raise InputError(f"corrupted EDF header: {ns} signals", path)
-            if header_bytes != 256 * (ns + 1):
-                raise InputError(
-                    f"corrupted EDF header: header size {header_bytes} bytes does not match "
-                    f"{ns} signals ({256 * (ns + 1)} bytes)", path)
-            rest = fh.read(256 * ns)
-            if len(rest) < 256 * ns:
+            head = _parse_fixed(fixed, path)
+            rest = fh.read(256 * head.ns)
+            if len(rest) < 256 * head.ns:
                 raise InputError("truncated EDF: the file ends inside its header", path)
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path) from None
+    return size, fixed, head, rest
 
-    def column(offset: int, width: int) -> list[str]:
+
+def _parse_fixed(fixed: bytes, path: Path) -> _FixedHeader:
+    if fixed[:8] == b"0       ":
+        kind, sample_bytes = "EDF", 2
+    elif fixed[:8] == b"\xffBIOSEMI":
+        kind, sample_bytes = "BDF", 3
+    else:
+        raise InputError("not an EDF/BDF file (its first bytes are not an EDF version field)", path)
+    header_bytes = _number(_field(fixed[184:192], "", path), "header size", path, integer=True)
+    reserved = _field(fixed[192:236], "", path)
+    n_records = _number(_field(fixed[236:244], "", path), "number of data records", path, integer=True)
+    record_duration = _number(_field(fixed[244:252], "", path), "data record duration", path)
+    ns = _number(_field(fixed[252:256], "", path), "number of signals", path, integer=True)
+    if ns < 0 or ns > 4096:
+        raise InputError(f"corrupted EDF header: {ns} signals", path)
+    if header_bytes != 256 * (ns + 1):
+        raise InputError(
+            f"corrupted EDF header: header size {header_bytes} bytes does not match "
+            f"{ns} signals ({256 * (ns + 1)} bytes)", path)
+    return _FixedHeader(kind=kind, sample_bytes=sample_bytes, header_bytes=header_bytes, reserved=reserved,
+                        n_records=n_records, record_duration=record_duration, ns=ns)
+
+
+@dataclass(frozen=True)
+class _SignalColumns:
+    """The per-signal header fields as text, one list per field, in file order."""
+
+    labels: list[str]
+    transducers: list[str]
+    units: list[str]
+    pmins: list[str]
+    pmaxs: list[str]
+    dmins: list[str]
+    dmaxs: list[str]
+    prefilters: list[str]
+    nsamps: list[str]
+
+
+# Width of each per-signal field; the header holds the field for every signal, then the next field.
+_COLUMN_WIDTHS = (("labels", 16), ("transducers", 80), ("units", 8), ("pmins", 8), ("pmaxs", 8), ("dmins", 8),
+                  ("dmaxs", 8), ("prefilters", 80), ("nsamps", 8))
+
+
+def _signal_columns(rest: bytes, ns: int, path: Path) -> _SignalColumns:
+    columns, offset = {}, 0
+    for name, width in _COLUMN_WIDTHS:
         start = offset * ns
-        return [_field(rest[start + i * width:start + (i + 1) * width], "", path) for i in range(ns)]
+        columns[name] = [_field(rest[start + i * width:start + (i + 1) * width], "", path) for i in range(ns)]
+        offset += width
+    return _SignalColumns(**columns)
 
-    labels = column(0, 16)
-    transducers = column(16, 80)
-    units = column(96, 8)
-    pmins = column(104, 8)
-    pmaxs = column(112, 8)
-    dmins = column(120, 8)
-    dmaxs = column(128, 8)
-    prefilters = column(136, 80)
-    nsamps = column(216, 8)
 
-    samples = [_number(n, f"samples per record of signal {i + 1} ({labels[i]!r})", path, integer=True)
-               for i, n in enumerate(nsamps)]
-    if any(n <= 0 for n in samples):
-        bad = labels[samples.index(min(samples))]
-        raise InputError(f"corrupted EDF header: signal {bad!r} has no samples per record", path)
-    record_bytes = sum(samples) * sample_bytes
-    data_bytes = size - header_bytes
+def _records_in_file(head: _FixedHeader, record_bytes: int, size: int, path: Path) -> int:
+    """The number of data records: as declared, checked against the file's size (which tells when it is -1)."""
+    n_records = head.n_records
+    data_bytes = size - head.header_bytes
     complete = data_bytes // record_bytes if record_bytes else 0
     if n_records == -1:  # allowed while recording: the size tells
         n_records = int(complete)
@@ -208,36 +265,32 @@ def read_header(path: str | Path) -> EdfHeader:
     elif complete > n_records:
         log.info("%s: %d bytes after the declared %d records are ignored", path,
                  data_bytes - n_records * record_bytes, n_records)
+    return n_records
 
-    variant = ""
-    if reserved.upper().startswith(("EDF+C", "EDF+D", "BDF+C", "BDF+D")):
-        variant = reserved[:5].upper()
-    annotation_indices = tuple(i for i, lab in enumerate(labels) if lab.lower() in _ANNOTATION_LABELS)
 
+def _signal_infos(columns: _SignalColumns, samples: list[int], record_duration: float,
+                  annotation_indices: tuple[int, ...], path: Path) -> list[SignalInfo]:
+    """The ordinary signals (annotation signals left out), their scaling fields checked."""
     signals = []
-    for i in range(ns):
+    for i, label in enumerate(columns.labels):
         if i in annotation_indices:
             continue
         if record_duration <= 0:
             raise InputError(f"corrupted EDF header: data record duration is {record_duration} s "
                              "but the file holds signals", path)
-        what = f"signal {labels[i]!r}"
-        dmin = _number(dmins[i], f"digital minimum of {what}", path, integer=True)
-        dmax = _number(dmaxs[i], f"digital maximum of {what}", path, integer=True)
-        pmin = _number(pmins[i], f"physical minimum of {what}", path)
-        pmax = _number(pmaxs[i], f"physical maximum of {what}", path)
+        what = f"signal {label!r}"
+        dmin = _number(columns.dmins[i], f"digital minimum of {what}", path, integer=True)
+        dmax = _number(columns.dmaxs[i], f"digital maximum of {what}", path, integer=True)
+        pmin = _number(columns.pmins[i], f"physical minimum of {what}", path)
+        pmax = _number(columns.pmaxs[i], f"physical maximum of {what}", path)
         if dmax == dmin:
             raise InputError(f"corrupted EDF header: {what} has equal digital minimum and maximum", path)
         signals.append(SignalInfo(
-            index=i, label=labels[i], unit=units[i], samples_per_record=samples[i],
+            index=i, label=label, unit=columns.units[i], samples_per_record=samples[i],
             sampling_rate=samples[i] / record_duration, physical_min=pmin, physical_max=pmax,
-            digital_min=int(dmin), digital_max=int(dmax), transducer=transducers[i], prefilter=prefilters[i]))
-
-    start = _start_time(_field(fixed[168:176], "", path), _field(fixed[176:184], "", path))
-    return EdfHeader(path=path, kind=kind, variant=variant, start=start, n_records=int(n_records),
-                     record_duration=float(record_duration), signals=tuple(signals),
-                     annotation_indices=annotation_indices, record_samples=tuple(int(n) for n in samples),
-                     header_bytes=int(header_bytes), sample_bytes=sample_bytes)
+            digital_min=int(dmin), digital_max=int(dmax), transducer=columns.transducers[i],
+            prefilter=columns.prefilters[i]))
+    return signals
 
 
 def record_onsets(header: EdfHeader) -> np.ndarray:

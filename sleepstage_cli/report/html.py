@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepstage_cli import __version__
+from sleepstage_cli.evaluation.metrics import summarise_nights
 from sleepstage_cli.evaluation.sleepstats import FIELD_BY_NAME, STAT_FIELDS, sleep_statistics
 from sleepstage_cli.fsutil import atomic_write_text
 from sleepstage_cli.report.svgplot import hypnogram_svg, runs
@@ -308,18 +309,6 @@ def night_report_html(night: dict) -> str:
 
 
 # ---------------------------------------------------------------- evaluation report
-def summarise_nights(per_night: Sequence[dict], keys: Sequence[str] = ("accuracy", "macro_f1", "kappa")) -> dict:
-    """Mean and sample SD (ddof = 1) over nights of each metric, NaN nights left out:
-    ``{key: {"mean": ..., "sd": ..., "n": ...}}``."""
-    out = {}
-    for key in keys:
-        v = np.array([float(r.get(key, math.nan)) for r in per_night], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        out[key] = {"mean": float(v.mean()) if v.size else math.nan,
-                    "sd": float(v.std(ddof=1)) if v.size >= 2 else math.nan, "n": int(v.size)}
-    return out
-
-
 _POOLED = (("Epochs compared", "n", "count"), ("Accuracy (%)", "accuracy", "frac"),
            ("Cohen's kappa", "kappa", "coef"), ("Macro F1 (%)", "macro_f1", "frac"),
            ("Mean sensitivity (%)", "mean_sensitivity", "frac"), ("Mean specificity (%)", "mean_specificity", "frac"))

@@ -73,6 +73,30 @@ def hypnogram_svg(onsets_s: Sequence[float] | np.ndarray, stages: Sequence[int] 
                   probabilities: np.ndarray | None = None, flags: Sequence | None = None, title: str = "",
                   *, start: datetime | None = None, epoch_length: float | None = None) -> str:
     """SVG markup of one night's hypnogram (and hypnodensity when ``probabilities`` (n x 5) are given)."""
+    onsets, codes, ep, probs, flagged = _checked_inputs(onsets_s, stages, probabilities, flags, epoch_length)
+    frame = _Frame(onsets, codes, ep, with_probabilities=probs is not None)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {frame.height}" width="100%" '
+           f'role="img" class="hypnogram"><title>{escape(title or "hypnogram")}</title>',
+           '<style>text{font:11px sans-serif;fill:#333}</style>']
+    if title:
+        out.append(f'<text x="{LEFT}" y="14" style="font-weight:bold">{escape(title)}</text>')
+    out += _level_lines(frame)
+    if not codes.size:
+        out.append(f'<text x="{LEFT + frame.plot_w / 2}" y="{HYP_TOP + HYP_HEIGHT / 2}" text-anchor="middle">'
+                   "no epochs</text></svg>")
+        return "".join(out)
+    out += _shading(frame, onsets, codes, ep, flagged)
+    out += _stage_lines(frame, onsets, codes, ep)
+    if probs is not None:
+        out += _hypnodensity(frame, onsets, ep, probs)
+    out += _time_axis(frame, start)
+    out += _legend(flagged is not None and flagged.any())
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _checked_inputs(onsets_s, stages, probabilities, flags, epoch_length):
+    """Onsets, stage codes, epoch length, clipped probabilities (or None) and flagged epochs (or None), checked."""
     onsets = np.asarray(onsets_s, dtype=np.float64).ravel()
     codes = np.asarray(stages, dtype=np.int64).ravel()
     if onsets.size != codes.size:
@@ -86,43 +110,53 @@ def hypnogram_svg(onsets_s: Sequence[float] | np.ndarray, stages: Sequence[int] 
     flagged = np.array([has_flag(f) for f in flags], dtype=bool) if flags is not None and len(flags) else None
     if flagged is not None and flagged.size != codes.size:
         raise ValueError(f"{flagged.size} flag entries but {codes.size} epochs")
+    return onsets, codes, ep, probs, flagged
 
-    plot_w = WIDTH - LEFT - RIGHT
-    bottom = HYP_TOP + HYP_HEIGHT + (GAP + PROB_HEIGHT if probs is not None else 0)
-    height = bottom + AXIS
-    span = float(onsets[-1] + ep) if codes.size else 1.0
-    origin = min(0.0, float(onsets[0])) if codes.size else 0.0
 
-    def x(t: float) -> float:
-        return LEFT + (t - origin) / max(span - origin, 1e-9) * plot_w
+class _Frame:
+    """The figure's geometry: where a time (s) and a hypnogram level fall."""
 
+    def __init__(self, onsets: np.ndarray, codes: np.ndarray, ep: float, with_probabilities: bool) -> None:
+        self.plot_w = WIDTH - LEFT - RIGHT
+        self.bottom = HYP_TOP + HYP_HEIGHT + (GAP + PROB_HEIGHT if with_probabilities else 0)
+        self.height = self.bottom + AXIS
+        self.span = float(onsets[-1] + ep) if codes.size else 1.0
+        self.origin = min(0.0, float(onsets[0])) if codes.size else 0.0
+
+    def x(self, t: float) -> float:
+        return LEFT + (t - self.origin) / max(self.span - self.origin, 1e-9) * self.plot_w
+
+    @staticmethod
     def y_level(level: int) -> float:
         return HYP_TOP + HYP_HEIGHT * (1 - (level + 0.5) / 5)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="100%" '
-           f'role="img" class="hypnogram"><title>{escape(title or "hypnogram")}</title>',
-           '<style>text{font:11px sans-serif;fill:#333}</style>']
-    if title:
-        out.append(f'<text x="{LEFT}" y="14" style="font-weight:bold">{escape(title)}</text>')
-    for level, name in enumerate(_LEVEL_NAMES):
-        yy = y_level(level)
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e6e6e6"/>'
-                   f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{name}</text>')
-    if not codes.size:
-        out.append(f'<text x="{LEFT + plot_w / 2}" y="{HYP_TOP + HYP_HEIGHT / 2}" text-anchor="middle">'
-                   "no epochs</text></svg>")
-        return "".join(out)
 
-    shade_bottom = bottom
+def _level_lines(frame: _Frame) -> list[str]:
+    out = []
+    for level, name in enumerate(_LEVEL_NAMES):
+        yy = frame.y_level(level)
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + frame.plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e6e6e6"/>'
+                   f'<text x="{LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{name}</text>')
+    return out
+
+
+def _shading(frame: _Frame, onsets: np.ndarray, codes: np.ndarray, ep: float,
+             flagged: np.ndarray | None) -> list[str]:
+    """Grey bands over unscored epochs, orange ones over flagged epochs, down through the hypnodensity."""
+    x, out = frame.x, []
     for mask, colour, label in ((codes < 0, _UNSCORED, "unscored"), (flagged, _FLAGGED, "flagged")):
         if mask is None:
             continue
         for i, j in runs(mask):
             out.append(f'<rect class="{label}" x="{x(onsets[i]):.1f}" y="{HYP_TOP}" '
                        f'width="{max(x(onsets[j - 1] + ep) - x(onsets[i]), 0.5):.1f}" '
-                       f'height="{shade_bottom - HYP_TOP}" fill="{colour}" fill-opacity="0.35"/>')
+                       f'height="{frame.bottom - HYP_TOP}" fill="{colour}" fill-opacity="0.35"/>')
+    return out
 
-    # The hypnogram: one horizontal segment per epoch, joined by verticals; a gap in time breaks it.
+
+def _stage_lines(frame: _Frame, onsets: np.ndarray, codes: np.ndarray, ep: float) -> list[str]:
+    """The hypnogram: one horizontal segment per epoch, joined by verticals; a gap in time breaks it. REM in red."""
+    x, y_level, out = frame.x, frame.y_level, []
     path, prev_end = [], None
     for t, c in zip(onsets, codes):
         if c < 0:
@@ -141,38 +175,49 @@ def hypnogram_svg(onsets_s: Sequence[float] | np.ndarray, stages: Sequence[int] 
         yy = y_level(_LEVEL[4])
         out.append(f'<line class="rem" x1="{x(onsets[i]):.1f}" x2="{x(onsets[j - 1] + ep):.1f}" y1="{yy:.1f}" '
                    f'y2="{yy:.1f}" stroke="{STAGE_COLOURS["REM"]}" stroke-width="4"/>')
+    return out
 
-    if probs is not None:
-        top = HYP_TOP + HYP_HEIGHT + GAP
-        xs = np.repeat([x(t) for t in onsets], 2)
-        xs[1::2] = [x(t + ep) for t in onsets]
-        lower = np.zeros(codes.size)
-        for k in _STACK:
-            upper = lower + probs[:, k]
-            ys_up = top + PROB_HEIGHT * (1 - np.repeat(upper, 2))
-            ys_lo = top + PROB_HEIGHT * (1 - np.repeat(lower, 2))
-            pts = [f"{a:.1f},{b:.1f}" for a, b in zip(xs, ys_up)]
-            pts += [f"{a:.1f},{b:.1f}" for a, b in zip(xs[::-1], ys_lo[::-1])]
-            out.append(f'<polygon class="p-{STAGES[k]}" points="{" ".join(pts)}" fill="{STAGE_COLOURS[STAGES[k]]}"/>')
-            lower = upper
-        out.append(f'<text x="{LEFT - 6}" y="{top + PROB_HEIGHT / 2 + 4:.1f}" text-anchor="end">p</text>')
 
-    axis_y = bottom
-    out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{axis_y}" y2="{axis_y}" stroke="#333"/>')
-    for t, label in _ticks(span, start):
+def _hypnodensity(frame: _Frame, onsets: np.ndarray, ep: float, probs: np.ndarray) -> list[str]:
+    """The stage probabilities stacked under the hypnogram, one polygon per stage."""
+    x, out = frame.x, []
+    top = HYP_TOP + HYP_HEIGHT + GAP
+    xs = np.repeat([x(t) for t in onsets], 2)
+    xs[1::2] = [x(t + ep) for t in onsets]
+    lower = np.zeros(onsets.size)
+    for k in _STACK:
+        upper = lower + probs[:, k]
+        ys_up = top + PROB_HEIGHT * (1 - np.repeat(upper, 2))
+        ys_lo = top + PROB_HEIGHT * (1 - np.repeat(lower, 2))
+        pts = [f"{a:.1f},{b:.1f}" for a, b in zip(xs, ys_up)]
+        pts += [f"{a:.1f},{b:.1f}" for a, b in zip(xs[::-1], ys_lo[::-1])]
+        out.append(f'<polygon class="p-{STAGES[k]}" points="{" ".join(pts)}" fill="{STAGE_COLOURS[STAGES[k]]}"/>')
+        lower = upper
+    out.append(f'<text x="{LEFT - 6}" y="{top + PROB_HEIGHT / 2 + 4:.1f}" text-anchor="end">p</text>')
+    return out
+
+
+def _time_axis(frame: _Frame, start: datetime | None) -> list[str]:
+    x, axis_y = frame.x, frame.bottom
+    out = [f'<line x1="{LEFT}" x2="{LEFT + frame.plot_w}" y1="{axis_y}" y2="{axis_y}" stroke="#333"/>']
+    for t, label in _ticks(frame.span, start):
         out.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{axis_y}" y2="{axis_y + 4}" stroke="#333"/>'
                    f'<text x="{x(t):.1f}" y="{axis_y + 16}" text-anchor="middle">{escape(label)}</text>')
     caption = "clock time" if start is not None else "time since the start of the recording"
-    out.append(f'<text x="{LEFT + plot_w / 2}" y="{axis_y + 30}" text-anchor="middle">{caption}</text>')
+    out.append(f'<text x="{LEFT + frame.plot_w / 2}" y="{axis_y + 30}" text-anchor="middle">{caption}</text>')
+    return out
+
+
+def _legend(any_flagged: bool) -> list[str]:
     legend = [(STAGE_COLOURS[s], s) for s in STAGES] + [(_UNSCORED, "unscored")]
-    if flagged is not None and flagged.any():
+    if any_flagged:
         legend.append((_FLAGGED, "flagged"))
+    out = []
     for i, (colour, label) in enumerate(legend):
         yy = HYP_TOP + 4 + 16 * i
         out.append(f'<rect x="{WIDTH - RIGHT + 12}" y="{yy}" width="10" height="10" fill="{colour}"/>'
                    f'<text x="{WIDTH - RIGHT + 27}" y="{yy + 9}">{label}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    return out
 
 
 __all__ = ["STAGE_COLOURS", "has_flag", "hypnogram_svg", "runs"]

@@ -20,6 +20,8 @@ from sleepstage_cli import __version__
 from sleepstage_cli.conditioning.recording import load_conditioned
 from sleepstage_cli.conditioning.signals import Conditioning
 from sleepstage_cli.constants import EPOCH_SECONDS
+from sleepstage_cli.data.dataset import dataset_label
+from sleepstage_cli.digests import file_sha256, named
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
@@ -252,6 +254,17 @@ class ReadAhead:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _model_file(path: Path | None) -> str:
+    """The model file by name and content (``model.pt (sha256 abcdef123456)``), never where it lies: paths
+    carry user and patient names."""
+    if path is None:
+        return ""
+    try:
+        return named(path.name, file_sha256(path))
+    except OSError:  # gone since it was loaded: its name still says which
+        return path.name
+
+
 def provenance(loaded: LoadedModel) -> dict:
     """What the report says about the model that scored the night."""
     meta = loaded.meta
@@ -259,13 +272,13 @@ def provenance(loaded: LoadedModel) -> dict:
     validation = meta.get("validation") or {}
     arch = meta.get("architecture", {})
     return {
-        "model file": str(loaded.path) if loaded.path else "",
+        "model file": _model_file(loaded.path),
         "network": arch.get("net"),
         "sequence length": arch.get("seq_len"),
         "channels": ", ".join(loaded.kinds),
         "model written by": f"sleepstage {meta.get('sleepstage_version', '?')} on {meta.get('created', '?')}",
         "trained on": f"{len(training.get('train_subjects', []))} subjects, {len(training.get('train_nights', []))} "
-                      f"nights of {training.get('dataset', '?')}",
+                      f"nights of {dataset_label(training.get('dataset'))}",
         "validation accuracy": validation.get("accuracy"),
         "validation macro-F1": validation.get("macro_f1"),
         "validation kappa": validation.get("kappa"),

@@ -15,40 +15,58 @@ A run folder (RUN) holds::
 
 Everything is written atomically. The pooled figures are ``evaluate_paths(RUN/predictions, DATASET)``,
 so ``sleepstage evaluate RUN/predictions DATASET`` reproduces them exactly. Folds run in this process
-(one after the other) or in spawned worker processes (:mod:`sleepstage_cli.training.jobs`).
+(one after the other) or in spawned worker processes (:mod:`sleepstage_cli.training.jobs`); one fold in
+its folder is :mod:`sleepstage_cli.training.folds`, which holds the run plan and the folder's names.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as dt
 import hashlib
 import io
 import json
 import os
 import re
+import shlex
 import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from sleepstage_cli import __version__
-from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset, exclusive_lock
+from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset, dataset_label, exclusive_lock, same_dataset
+from sleepstage_cli.digests import last_name, without_folders
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
-from sleepstage_cli.training.split import CVSplit, Fold, load_split, make_split
-from sleepstage_cli.training.train import Callbacks, Split, TrainOptions
+from sleepstage_cli.training.folds import (
+    EVALUATION,
+    FOLDS_CSV,
+    NIGHTS_CSV,
+    OWNED,
+    PREDICTIONS,
+    RUN_FILE,
+    SPLIT_FILE,
+    SUMMARY_METRICS,
+    FoldJob,
+    Monitor,
+    RunPlan,
+    StopRelay,
+    fold_done,
+    fold_summary,
+    log_event,
+    run_fold,
+)
+from sleepstage_cli.training.jobs import run_parallel
+from sleepstage_cli.training.split import CVSplit, load_split, make_split
+from sleepstage_cli.training.train import TrainOptions
+
+# The orchestrator's API; the run plan, Monitor, FoldJob and run_fold live in folds and are re-exported.
+__all__ = ["CrossvalResult", "FoldJob", "Monitor", "RunPlan", "check_options", "check_run_dir", "crossval",
+           "describe_difference", "finish_run", "plan_run", "refuse_replacing_inputs", "run_fold", "run_sequential",
+           "start_run"]
 
 RUN_FORMAT = "sleepstage-crossval"
-RUN_FILE, SPLIT_FILE, LOG_FILE = "crossval.json", "split.json", "crossval.log"
-PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV = "predictions", "evaluation", "folds.csv", "nights.csv"
-DONE = "DONE"
-_OWNED = (RUN_FILE, SPLIT_FILE, LOG_FILE, PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV)
 _FOLD_DIR = re.compile(r"^fold-\d+$")
-SUMMARY_METRICS = ("accuracy", "kappa", "macro_f1", "mean_sensitivity", "mean_specificity")
 
 # Command-line names of the options a restart must share with the first start.
 _FLAGS = {"net": "--model", "channels": "--channels", "seq_len": "--seq-len", "epochs": "--epochs",
@@ -56,54 +74,6 @@ _FLAGS = {"net": "--model", "channels": "--channels", "seq_len": "--seq-len", "e
           "max_steps": "--max-steps", "rnn": "--rnn", "output": "--output-layer", "dropout": "--dropout",
           "folds": "--folds", "val_subjects_per_fold": "--val-subjects-per-fold", "test_fraction": "--test-fraction",
           "file": "--split"}
-
-
-class Monitor:
-    """What the command line shows; the core calls it from the main process only."""
-
-    def info(self, text: str) -> None: ...
-
-    def run_begin(self, total: int, done: list[int]) -> None:
-        """Folds in the run, and those an earlier session finished (not run again)."""
-
-    def fold_begin(self, fold: Fold, device: str) -> Callbacks:
-        """A fold starts (or resumes) on ``device``; returns the callbacks its training reports to."""
-        return Callbacks()
-
-    def fold_end(self, fold: Fold, summary: dict | None) -> None:
-        """A fold finished (``summary``: its row of folds.csv) or stopped (None)."""
-
-
-@dataclass
-class RunPlan:
-    """A validated cross-validation run, before anything is written."""
-
-    run_dir: Path
-    dataset: Path
-    opts: TrainOptions
-    split: CVSplit
-    identity: dict
-    digest: str
-    inputs: list[Path] = field(default_factory=list)  # the files the run reads: split file, manifest, nights
-
-    def fold_dir(self, fold: Fold) -> Path:
-        return self.run_dir / fold.name
-
-    def outputs(self) -> list[Path]:
-        """What the run writes (or clears with --force) in its folder."""
-        return [self.run_dir / name for name in (*_OWNED, ".lock")] + [self.fold_dir(f) for f in self.split.folds]
-
-
-@dataclass(frozen=True)
-class FoldJob:
-    """Everything a (possibly separate) process needs to run one fold."""
-
-    run_dir: Path
-    dataset: Path
-    opts: TrainOptions
-    fold: Fold
-    digest: str
-    device: str
 
 
 @dataclass
@@ -140,12 +110,12 @@ def plan_run(dataset: str | Path, run_dir: str | Path, opts: TrainOptions, folds
     else:
         split = make_split(ds.subjects, folds, val_subjects_per_fold, opts.seed, test_fraction)
     identity = json.loads(json.dumps({
-        "dataset": str(Path(dataset).resolve()), "dataset_created": ds.manifest.get("created"),
+        "dataset": ds.identity(), "dataset_created": ds.manifest.get("created"),
         "dataset_setup": {k: ds.manifest.get(k) for k in ("channel_spec", "conditioning", "options")},
         "nights": [n.id for n in ds.nights], "options": opts.fingerprint(),
         "folds": [f.to_json() for f in split.folds]}))
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    inputs = [Path(f) for f in [split.made_by.get("file")] if f]
+    inputs = [split.path] if split.path is not None else []
     inputs += [ds.root / MANIFEST, *(ds.root / n.file for n in ds.nights)]
     return RunPlan(Path(run_dir), Path(dataset), opts, split, identity, digest, inputs)
 
@@ -159,8 +129,8 @@ def _shown(value: object) -> str:
 def describe_difference(old: dict, plan: RunPlan) -> str:
     """What differs between a run folder's crossval.json and this command ('' when nothing)."""
     new = plan.identity
-    if old.get("dataset") != new["dataset"]:
-        return f"another dataset ({old.get('dataset')}, now {new['dataset']})"
+    if not same_dataset(old.get("dataset"), new["dataset"]):  # a path (older sleepstage): its folder name
+        return f"another dataset ({dataset_label(old.get('dataset'))}, now {dataset_label(new['dataset'])})"
     if old.get("nights") != new["nights"]:
         gone = sorted(set(old.get("nights") or []) - set(new["nights"]))
         added = sorted(set(new["nights"]) - set(old.get("nights") or []))
@@ -216,6 +186,8 @@ def check_run_dir(plan: RunPlan, force: bool) -> bool:
     if diff:
         raise SleepstageError(f"{run_dir} holds a cross-validation run with {diff}; run the same command as "
                               "before to resume it, or pass --force to start over (its results are deleted)")
+    # The same run: its DONE markers hold its own digest (an older sleepstage's differs: it hashed a path).
+    plan.digest = old.get("digest") or plan.digest
     return True
 
 
@@ -243,15 +215,8 @@ def refuse_replacing_inputs(plan: RunPlan) -> None:
 def _clear(run_dir: Path) -> None:
     """Delete what an earlier run wrote (only the names a run writes: other files stay)."""
     for p in run_dir.iterdir():
-        if p.name in _OWNED or (_FOLD_DIR.match(p.name) and p.is_dir()):
+        if p.name in OWNED or (_FOLD_DIR.match(p.name) and p.is_dir()):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def log_event(run_dir: Path, text: str) -> None:
-    """Append one line to RUN/crossval.log (a diary, not a result: appending is enough)."""
-    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    with open(run_dir / LOG_FILE, "a", encoding="utf-8") as fh:
-        fh.write(f"{stamp} {text}\n")
 
 
 def start_run(plan: RunPlan, resuming: bool, force: bool, command: str = "") -> None:
@@ -265,129 +230,32 @@ def start_run(plan: RunPlan, resuming: bool, force: bool, command: str = "") -> 
             "format": RUN_FORMAT, "format_version": 1, "sleepstage_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
             "digest": plan.digest, "split_made_by": plan.split.made_by, **plan.identity})
+    else:
+        _drop_paths(run_dir / RUN_FILE, plan)
     split_json = plan.split.to_json(plan.identity["dataset"])
-    if not (run_dir / SPLIT_FILE).exists() or read_json(run_dir / SPLIT_FILE).get("folds") != split_json["folds"]:
+    if not (run_dir / SPLIT_FILE).exists() or any(read_json(run_dir / SPLIT_FILE).get(k) != split_json[k]
+                                                   for k in ("folds", "dataset")):
         atomic_write_json(run_dir / SPLIT_FILE, split_json)
     log_event(run_dir, f"{'resumed' if resuming else 'started'} by pid {os.getpid()}: {command}".rstrip(": "))
 
 
-def fold_summary(plan: RunPlan, fold: Fold) -> dict:
-    """A finished fold's row of folds.csv (from its metrics.json)."""
-    return read_json(plan.fold_dir(fold) / "metrics.json", "fold metrics")["fold"]
+def _drop_paths(run_file: Path, plan: RunPlan) -> None:
+    """Name the dataset (and a --split file) of a run folder an older sleepstage wrote as this one does.
 
-
-def fold_done(plan: RunPlan, fold: Fold) -> bool:
-    marker = plan.fold_dir(fold) / DONE
-    if not marker.exists():
-        return False
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("digest") == plan.digest
-    except (OSError, ValueError):
-        return False
-
-
-# --------------------------------------------------------------------------- one fold
-
-class StopRelay(Callbacks):
-    """Hands a stop asked for outside training (loading, statistics) on to training's own graceful stop.
-
-    Training installs its own SIGINT/SIGTERM handler only once its loop starts; a signal caught before
-    that by the outer handler is re-raised at the first step, so the fold stops with a checkpoint.
+    It recorded their absolute paths (and the command with the paths as typed); resuming the run rewrites
+    them as names (the rest, its digest included, stays).
     """
-
-    def __init__(self, inner: Callbacks, stop) -> None:
-        self.inner, self.stop, self.relayed = inner, stop, False
-
-    def stage(self, text: str) -> None:
-        self.inner.stage(text)
-
-    def start(self, total_steps: int, step: int) -> None:
-        self.inner.start(total_steps, step)
-
-    def step(self, step: int, loss: float, seq_per_s: float, pass_index: int) -> None:
-        self.inner.step(step, loss, seq_per_s, pass_index)
-        if self.stop.requested and not self.relayed:
-            self.relayed = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def evaluated(self, step: int, metrics: dict, best: bool) -> None:
-        self.inner.evaluated(step, metrics, best)
-
-
-def _score_test_nights(job: FoldJob, ds: PreparedDataset, pred_dir: Path, device,
-                       cb: Callbacks) -> list[tuple[str, Path]]:
-    """Score the fold's test nights with test-time aggregation; one hypnogram CSV each."""
-    from sleepstage_cli.io.export import hypnogram_table, write_csv
-    from sleepstage_cli.model.modelfile import load_model
-    from sleepstage_cli.scoring.inference import score_night
-    from sleepstage_cli.scoring.pipeline import stage_names
-    from sleepstage_cli.training.train import channel_index, nights_of
-
-    loaded = load_model(job.run_dir / job.fold.name / "model.pt", device)
-    _, index = channel_index(ds, tuple(loaded.kinds))
-    nights = nights_of(ds, list(job.fold.test))
-    cb.stage(f"scoring {len(nights)} test night(s)")
-    amp = job.opts.amp and device.type == "cuda"
-    paths = []
-    for night in nights:
-        rec = ds.open(night)
-        result = score_night(loaded.model, np.asarray(rec["x"][:, index], dtype=np.float32), device, amp=amp)
-        stages = result.stages
-        confidence = result.probabilities[np.arange(stages.size), stages]
-        flags = ["short night" if result.padded else ""] * int(stages.size)
-        table = hypnogram_table(np.asarray(rec["onset"], dtype=np.float64), stage_names(stages),
-                                result.probabilities, confidence, flags)
-        path = pred_dir / f"{night.id}.csv"
-        write_csv(path, table)
-        paths.append((night.id, path))
-    return paths
-
-
-def run_fold(job: FoldJob, cb: Callbacks | None = None) -> dict:
-    """Train (or resume) one fold, score its test nights, write its metrics and then its DONE marker.
-
-    A fold whose model file exists is not trained again (only its scoring is redone). Returns the
-    fold's row of folds.csv.
-    """
-    from sleepstage_cli.evaluation.evaluate import dataset_hypnogram, evaluate_pairs, jsonable
-    from sleepstage_cli.io.hypnogram import read_hypnogram
-    from sleepstage_cli.model.modelfile import load_model
-    from sleepstage_cli.training.train import checkpoint_path, resolve_device, train_model
-
-    cb = cb or Callbacks()
-    fold, fold_dir = job.fold, job.run_dir / job.fold.name
-    model_path = fold_dir / "model.pt"
-    ckpt = checkpoint_path(model_path)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    if model_path.exists():
-        # Killed after training, before DONE: the model is final, only the scoring is redone.
-        ckpt.unlink(missing_ok=True)
-        cb.stage("model already trained")
-    else:
-        if ckpt.exists():
-            log_event(job.run_dir, f"{fold.name}: resuming training from its checkpoint")
-        train_model(job.dataset, model_path, dataclasses.replace(job.opts, device=job.device),
-                    split=Split(train=list(fold.train), val=list(fold.val)), resume=True, callbacks=cb)
-    device = resolve_device(job.device)
-    ds = PreparedDataset(job.dataset)
-    pred_dir = fold_dir / PREDICTIONS
-    paths = _score_test_nights(job, ds, pred_dir, device, cb)
-    ev = evaluate_pairs([(night, read_hypnogram(p), dataset_hypnogram(ds, night)) for night, p in paths])
-    meta = load_model(model_path).meta
-    training, validation = meta.get("training") or {}, meta.get("validation") or {}
-    summary = {"fold": fold.index, "test_subjects": list(fold.test), "val_subjects": list(fold.val),
-               "train_subjects": list(fold.train), "test_nights": [night for night, _ in paths],
-               "epochs": ev.pooled["n"],
-               **{k: ev.pooled[k] for k in SUMMARY_METRICS},
-               "steps": training.get("steps"), "best_step": training.get("best_step"),
-               "val_accuracy": validation.get("accuracy"), "train_seconds": training.get("seconds"),
-               "device": training.get("device")}
-    ev.title = f"Cross-validation {fold.name}: test subjects {', '.join(fold.test)}"
-    atomic_write_json(fold_dir / "metrics.json", jsonable({**ev.to_dict(), "fold": summary}))
-    atomic_write_json(fold_dir / DONE, {"digest": job.digest, "finished":
-                                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    log_event(job.run_dir, f"{fold.name}: done (accuracy {summary['accuracy']:.4f}, kappa {summary['kappa']:.4f})")
-    return summary
+    old = read_json(run_file, "run description")
+    if isinstance(old.get("dataset"), str):
+        made_by = old.get("split_made_by") or {}
+        if isinstance(made_by.get("file"), str):
+            made_by = {**made_by, "file": last_name(made_by["file"])}
+        try:
+            command = shlex.join(without_folders(shlex.split(old.get("command") or "")))
+        except ValueError:
+            command = ""
+        atomic_write_json(run_file, {**old, "dataset": plan.identity["dataset"], "split_made_by": made_by,
+                                     "command": command})
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -449,8 +317,6 @@ def crossval(plan: RunPlan, jobs: int = 1, devices: list[str] | None = None, for
         if len(slots) == 1:
             run_sequential(plan, todo, monitor)
         elif todo:
-            from sleepstage_cli.training.jobs import run_parallel
-
             run_parallel(plan, todo, slots, monitor)
         result = finish_run(plan)
         result.skipped = done
@@ -470,7 +336,8 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 def finish_run(plan: RunPlan) -> CrossvalResult:
     """Collect the folds' predictions and evaluate them with ``sleepstage evaluate``'s code."""
-    from sleepstage_cli.evaluation.evaluate import evaluate_paths, write_evaluation
+    from sleepstage_cli.evaluation.evaluate import evaluate_paths
+    from sleepstage_cli.report.evaluation_files import write_evaluation
 
     run_dir, pred_dir = plan.run_dir, plan.run_dir / PREDICTIONS
     summaries, fold_of = [], {}
@@ -493,8 +360,8 @@ def finish_run(plan: RunPlan) -> CrossvalResult:
         ev.notes = [n for n in ev.notes if "without a prediction" not in n]
         ev.notes.insert(0, f"{len(untested)} night(s) of subjects in no test set of the split are not evaluated")
     ev.title = f"Cross-validation: {len(plan.split.folds)} fold(s) on {plan.dataset.resolve().name}"
-    ev.meta["crossval"] = {"run": str(run_dir), "folds": len(plan.split.folds), "split": plan.split.made_by,
-                           "options": plan.identity["options"]}
+    ev.meta["crossval"] = {"run": Path(os.path.abspath(run_dir)).name, "folds": len(plan.split.folds),
+                           "split": plan.split.made_by, "options": plan.identity["options"]}
     write_evaluation(run_dir / EVALUATION, ev, force=True)
     cols = ["fold", "test_subjects", "val_subjects", "train_subjects", "test_nights", "epochs", *SUMMARY_METRICS,
             "steps", "best_step", "val_accuracy", "train_seconds", "device"]

@@ -19,7 +19,7 @@ import sys
 import time
 
 from sleepstage_cli.errors import Interrupted, SleepstageError
-from sleepstage_cli.training.crossval import (
+from sleepstage_cli.training.folds import (
     FoldJob,
     Monitor,
     RunPlan,
@@ -175,82 +175,107 @@ def run_parallel(plan: RunPlan, todo: list[FoldJob], slots: list[str], monitor: 
     ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and any CUDA state
     events = ctx.Queue()
     threads = max(1, cpu_count() // len(slots))
-    pending = list(todo)
-    callbacks: dict[int, Callbacks] = {}
-    failed: list[str] = []
-    interrupted = forwarded = False
-    workers: list[_Slot] = []
+    with GracefulStop("cross-validation") as stop:
+        pool = _Dispatcher(plan, todo, monitor, events, stop)
+        try:
+            pool.workers = [_Slot(ctx, device, threads, events) for device in slots[:len(todo)]]
+            pool.run()
+        finally:
+            _stop_all(pool.workers)
+    pool.raise_unless_finished()
 
-    def give(w: _Slot) -> None:
-        if pending and not stop.requested and not failed:
-            w.job = pending.pop(0)
-            callbacks[w.job.fold.index] = monitor.fold_begin(w.job.fold, w.device)
+
+class _Dispatcher:
+    """The parent's side of the pool: hands folds to the workers, replays their messages, notes how folds end."""
+
+    def __init__(self, plan: RunPlan, todo: list[FoldJob], monitor: Monitor, events, stop) -> None:
+        self.plan, self.monitor, self.events, self.stop = plan, monitor, events, stop
+        self.pending = list(todo)
+        self.callbacks: dict[int, Callbacks] = {}
+        self.failed: list[str] = []
+        self.interrupted = self.forwarded = False
+        self.workers: list[_Slot] = []
+
+    def run(self) -> None:
+        """Until every worker has exited: forward a stop once, replay messages, notice workers that died."""
+        for w in self.workers:
+            self.give(w)
+        while any(w.proc.is_alive() for w in self.workers):
+            if self.stop.requested and not self.forwarded:
+                self.forward_stop()
+            try:
+                self.handle(self.events.get(timeout=0.2))
+            except queue_mod.Empty:
+                pass
+            self.reap()
+        _drain(self.events, self.handle)
+
+    def give(self, w: _Slot) -> None:
+        """Hand the worker its next fold; none (it exits) once the folds are out, a stop is asked or one failed."""
+        if self.pending and not self.stop.requested and not self.failed:
+            w.job = self.pending.pop(0)
+            self.callbacks[w.job.fold.index] = self.monitor.fold_begin(w.job.fold, w.device)
             w.tasks.put(w.job)
         else:
             w.job = None
             w.tasks.put(None)
 
-    def ended(index: int, status: str, text: str) -> None:
-        nonlocal interrupted
-        w = next((w for w in workers if w.job is not None and w.job.fold.index == index), None)
+    def forward_stop(self) -> None:
+        """One SIGTERM to each live worker (its own process group: the terminal's Ctrl-C did not reach it)."""
+        self.forwarded = True
+        for w in self.workers:
+            if w.proc.is_alive():
+                os.kill(w.proc.pid, signal.SIGTERM)
+
+    def handle(self, message: tuple) -> None:
+        """A worker's message: the end of its fold, or training progress for the fold's callbacks."""
+        kind, index, *args = message
+        if kind == "end":
+            self.ended(index, *args)
+        elif index in self.callbacks:
+            getattr(self.callbacks[index], kind)(*args)
+
+    def ended(self, index: int, status: str, text: str) -> None:
+        """Fold ``index`` ended ("done", "error" or "interrupted"): report it and give its worker the next one."""
+        w = next((w for w in self.workers if w.job is not None and w.job.fold.index == index), None)
         if w is None:
             return
         fold = w.job.fold
-        if status == "done" and fold_done(plan, fold):
-            monitor.fold_end(fold, fold_summary(plan, fold))
+        if status == "done" and fold_done(self.plan, fold):  # the DONE marker, not the message, says it finished
+            self.monitor.fold_end(fold, fold_summary(self.plan, fold))
         else:
-            monitor.fold_end(fold, None)
+            self.monitor.fold_end(fold, None)
             if status == "interrupted":
-                interrupted = True
-                log_event(plan.run_dir, f"{fold.name}: interrupted (checkpoint saved)")
+                self.interrupted = True
+                log_event(self.plan.run_dir, f"{fold.name}: interrupted (checkpoint saved)")
             else:
                 text = text or "it did not finish"
-                failed.append(f"fold {index} failed: {text}")
-                log_event(plan.run_dir, f"{fold.name}: failed: {text}")
+                self.failed.append(f"fold {index} failed: {text}")
+                log_event(self.plan.run_dir, f"{fold.name}: failed: {text}")
         w.job = None
         if status != "interrupted":
-            give(w)
+            self.give(w)
 
-    def handle(message: tuple) -> None:
-        kind, index, *args = message
-        if kind == "end":
-            ended(index, *args)
-        elif index in callbacks:
-            getattr(callbacks[index], kind)(*args)
+    def reap(self) -> None:
+        """End the fold of a worker that exited without a word about it (killed, out of memory...)."""
+        for w in self.workers:
+            if w.job is not None and not w.proc.is_alive():
+                _drain(self.events, self.handle)  # its last messages may still be in the pipe
+                if w.job is not None:
+                    self.ended(w.job.fold.index, "error", f"its process ended unexpectedly (exit code "
+                                                          f"{w.proc.exitcode}); run the same command again to "
+                                                          "resume it")
 
-    with GracefulStop("cross-validation") as stop:
-        try:
-            workers = [_Slot(ctx, device, threads, events) for device in slots[:len(todo)]]
-            for w in workers:
-                give(w)
-            while any(w.proc.is_alive() for w in workers):
-                if stop.requested and not forwarded:
-                    forwarded = True
-                    for w in workers:
-                        if w.proc.is_alive():
-                            os.kill(w.proc.pid, signal.SIGTERM)
-                try:
-                    handle(events.get(timeout=0.2))
-                except queue_mod.Empty:
-                    pass
-                for w in workers:
-                    if w.job is not None and not w.proc.is_alive():
-                        _drain(events, handle)  # its last messages may still be in the pipe
-                        if w.job is not None:  # it died without a word (killed, out of memory...)
-                            ended(w.job.fold.index, "error", f"its process ended unexpectedly (exit code "
-                                                             f"{w.proc.exitcode}); run the same command again to "
-                                                             "resume it")
-            _drain(events, handle)
-        finally:
-            _stop_all(workers)
-    if failed:
-        more = f" ({len(failed) - 1} other fold(s) failed too)" if len(failed) > 1 else ""
-        raise SleepstageError(f"{failed[0]}{more}; the finished folds are kept: fix the cause and run the same "
-                              "command again")
-    if stop.requested or interrupted or pending:
-        log_event(plan.run_dir, "interrupted")
-        raise Interrupted("cross-validation interrupted (the running folds saved checkpoints); run the same command "
-                          "again to resume", plan.run_dir)
+    def raise_unless_finished(self) -> None:
+        """After the workers exited: raise if a fold failed or the run was stopped before every fold was done."""
+        if self.failed:
+            more = f" ({len(self.failed) - 1} other fold(s) failed too)" if len(self.failed) > 1 else ""
+            raise SleepstageError(f"{self.failed[0]}{more}; the finished folds are kept: fix the cause and run the "
+                                  "same command again")
+        if self.stop.requested or self.interrupted or self.pending:
+            log_event(self.plan.run_dir, "interrupted")
+            raise Interrupted("cross-validation interrupted (the running folds saved checkpoints); run the same "
+                              "command again to resume", self.plan.run_dir)
 
 
 def _drain(events, handle) -> None:

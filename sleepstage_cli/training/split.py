@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepstage_cli import __version__
+from sleepstage_cli.digests import file_sha256
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.fsutil import read_json
 
@@ -45,14 +46,20 @@ class Fold:
 
 @dataclass
 class CVSplit:
-    """The folds, how they were made (``made_by``: the options, or the split file) and remarks."""
+    """The folds, how they were made (``made_by``: the options, or the split file) and remarks.
+
+    A split file is named in ``made_by`` by its file name and sha256 (``made_by`` is written into the
+    run folder); ``path`` says where it lies, for this process only.
+    """
 
     folds: list[Fold]
     made_by: dict
     notes: list[str] = field(default_factory=list)
+    path: Path | None = None
 
-    def to_json(self, dataset: str = "") -> dict:
-        """The content of RUN/split.json (what ``--split`` reads back)."""
+    def to_json(self, dataset: dict | str = "") -> dict:
+        """The content of RUN/split.json (what ``--split`` reads back); ``dataset`` as
+        :meth:`~sleepstage_cli.data.dataset.PreparedDataset.identity` names it."""
         subjects = sorted({s for f in self.folds for s in (*f.test, *f.val, *f.train)})
         return {"format": SPLIT_FORMAT, "format_version": 1, "sleepstage_version": __version__, "dataset": dataset,
                 "made_by": self.made_by, "subjects": subjects, "folds": [f.to_json() for f in self.folds]}
@@ -183,4 +190,4 @@ def load_split(path: str | Path, subjects: list[str]) -> CVSplit:
     untested = sorted(known - set(tested))
     if untested:
         notes.append(f"{len(untested)} subject(s) of the dataset are in no test set of the split: {_listing(untested)}")
-    return CVSplit(folds, {"file": str(path.resolve())}, notes)
+    return CVSplit(folds, {"file": path.name, "sha256": file_sha256(path)}, notes, path=path)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sleepstage_cli import __version__
-from sleepstage_cli.data.dataset import MANIFEST, NightRecord, PreparedDataset
+from sleepstage_cli.data.dataset import MANIFEST, NightRecord, PreparedDataset, same_description
 from sleepstage_cli.data.loader import PassBatches, WindowDataset
 from sleepstage_cli.errors import InputError, Interrupted, OutputExistsError, SleepstageError
 from sleepstage_cli.evaluation.metrics import confusion_matrix, scores
@@ -246,7 +246,7 @@ def nights_of(ds: PreparedDataset, subjects: list[str]) -> list[NightRecord]:
 
 def normalisation_stats(ds: PreparedDataset, nights: list[NightRecord], cache: SpectrogramCache,
                         chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(channel, frame, bin) mean and std of the training epochs' spectrograms, streamed night by night."""
+    """Per-(channel, bin) mean and std over all frames of the training epochs' spectrograms, streamed night by night."""
     stats = RunningStats()
     for night in nights:
         scored = np.nonzero(np.asarray(ds.open(night)["label"]) >= 0)[0]
@@ -346,6 +346,48 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     cb = callbacks or Callbacks()
     t_start = time.time()
     output = Path(output)
+    data = _select_data(dataset, output, opts, split, val_subjects, val_fraction, exclude_subjects)
+    devices = _set_up_devices(opts)
+    fingerprint, ckpt = _checkpoint_to_resume(output, opts, data, resume, force)
+    model = _seeded_model(opts, data, devices.device)
+    cache, train_set, total_steps = _training_windows(opts, data, model, devices, cb)
+    run = _Run(opts, data, devices, output, fingerprint, cb, model, cache, train_set, total_steps,
+               optimizer=torch.optim.Adam(model.parameters(), lr=opts.lr),
+               scaler=torch.amp.GradScaler("cuda", enabled=devices.amp))
+    if ckpt is not None:
+        run.resume(ckpt)
+    elif model.input_kind == "spectrogram":
+        _set_normalisation(run)
+    run.train_module = _wrap_for_ddp(model, devices)
+    _train_loop(run)
+    result_val = _write_model(run, t_start)
+    _barrier(devices.distributed)
+    if cache is not None:
+        cache.close()
+    return TrainResult(output=output, steps=run.step, best_step=run.best["step"], validation=result_val,
+                       log=run.log, split=data.split, seconds=time.time() - t_start,
+                       last_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+# The steps of train_model, in the order it takes them. The order is part of the behaviour: seeded runs
+# (and resumed ones) draw their random numbers in it, and options are refused before anything is written.
+
+@dataclass
+class _Data:
+    """The dataset, the channels the model reads, and the subjects it trains and validates on."""
+
+    ds: PreparedDataset
+    kinds: tuple[str, ...]
+    index: list[int]
+    seq_len: int
+    split: Split
+    train_nights: list[NightRecord]
+    val_nights: list[NightRecord]
+
+
+def _select_data(dataset: str | Path, output: Path, opts: TrainOptions, split: Split | None,
+                 val_subjects: list[str] | None, val_fraction: float, exclude_subjects: tuple[str, ...]) -> _Data:
+    """Check the options against the dataset and split its subjects; nothing is written yet."""
     check_range("--val-fraction", val_fraction, 0, 1, high_open=True)
     ds = PreparedDataset(dataset)
     kinds, index = check_options(ds, opts)
@@ -353,27 +395,55 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     seq_len = opts.resolved_seq_len()
     if split is None:
         split = subject_split(ds, val_subjects, val_fraction, opts.seed, exclude_subjects)
-    train_nights, val_nights = nights_of(ds, split.train), nights_of(ds, split.val)
+    return _Data(ds, kinds, index, seq_len, split, nights_of(ds, split.train), nights_of(ds, split.val))
 
+
+@dataclass
+class _Devices:
+    """This process's device and its place among torchrun's processes (one process: world 1, rank 0)."""
+
+    device: torch.device
+    world: int
+    rank: int
+    amp: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone validates and writes files."""
+        return self.rank == 0
+
+
+def _set_up_devices(opts: TrainOptions) -> _Devices:
+    """Resolve the device; under torchrun, join the process group (NCCL between GPUs, else Gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(opts.device, local_rank)
-    distributed = world > 1
-    if distributed:
+    if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    is_main = rank == 0
-    amp = opts.amp and device.type == "cuda"
+    return _Devices(device, world, rank, amp=opts.amp and device.type == "cuda")
 
+
+def _checkpoint_to_resume(output: Path, opts: TrainOptions, data: _Data, resume: bool,
+                          force: bool) -> tuple[dict, dict | None]:
+    """The run's fingerprint and, with ``resume``, the interrupted run's checkpoint (refused if another run's).
+
+    Without ``force``, an earlier run's checkpoint or model is refused here, before anything is trained.
+    """
+    ds, split, train_nights, val_nights = data.ds, data.split, data.train_nights, data.val_nights
     ckpt_path = checkpoint_path(output)
     check_writable_output(output, force=True, what="model file")  # not a folder, in one we can write: before training
     fingerprint = json.loads(json.dumps({
-        "options": opts.fingerprint(), "split": asdict(split), "dataset": str(Path(dataset).resolve()),
+        "options": opts.fingerprint(), "split": asdict(split), "dataset": ds.identity(),
         "nights": [n.id for n in train_nights + val_nights], "checkpoint_version": CHECKPOINT_VERSION}))
     ckpt = None
     if resume and ckpt_path.exists():
@@ -381,7 +451,7 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
             ckpt = read_torch_file(ckpt_path, "checkpoint")
         except InputError as exc:
             raise InputError(f"{exc}; start over with --force", ckpt_path) from None
-        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
+        if not isinstance(ckpt, dict) or not same_description(ckpt.get("fingerprint"), fingerprint):
             raise InputError("checkpoint belongs to a run with other options, data or split; run the same command "
                              "as before with --resume, or start over with --force", ckpt_path)
     elif not resume or not ckpt_path.exists():
@@ -393,155 +463,245 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
         if output.exists() and resume and not force:
             raise SleepstageError("the model is already trained (no checkpoint to resume); pass --force to "
                                   "train it again", output)
+    return fingerprint, ckpt
 
+
+def _seeded_model(opts: TrainOptions, data: _Data, device: torch.device) -> StagingModel:
+    """The untrained network, its initial weights (and every later draw) fixed by ``--seed``."""
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
-    model = StagingModel(opts.net, len(kinds), seq_len, **opts.hparams).to(device)
-    aggregation = model.net.aggregation
-    if not train_nights:
-        raise InputError("no training night", ds.root)
+    model = StagingModel(opts.net, len(data.kinds), data.seq_len, **opts.hparams).to(device)
+    if not data.train_nights:
+        raise InputError("no training night", data.ds.root)
+    return model
 
+
+def _training_windows(opts: TrainOptions, data: _Data, model: StagingModel, devices: _Devices,
+                      cb: Callbacks) -> tuple[SpectrogramCache | None, WindowDataset, int]:
+    """The spectrogram cache (for nets that take spectrograms), the training windows and the number of steps."""
+    ds, train_nights, seq_len, index = data.ds, data.train_nights, data.seq_len, data.index
     cache = None
     if model.input_kind == "spectrogram":
         cache = SpectrogramCache(ds, index)
         cb.stage(f"spectrograms of the training nights (cached in {cache.folder})")
-        if is_main:
-            cache.ensure(train_nights, device)
-        _barrier(distributed)
+        if devices.is_main:  # the other ranks wait, then read what rank 0 cached
+            cache.ensure(train_nights, devices.device)
+        _barrier(devices.distributed)
     train_set = WindowDataset(ds.root, train_nights, seq_len, index,
                               feature_files=cache.files(train_nights) if cache else None)
     if len(train_set) == 0:
         raise InputError(f"the training nights hold no window of {seq_len} epochs with a scored one", ds.root)
-    steps_per_pass = PassBatches(len(train_set), opts.batch_size, opts.seed, 0, 0, rank, world).n_batches()
+    steps_per_pass = PassBatches(len(train_set), opts.batch_size, opts.seed, 0, 0, devices.rank,
+                                 devices.world).n_batches()
     total_steps = steps_per_pass * opts.epochs
     if opts.max_steps:
         total_steps = min(total_steps, opts.max_steps)
+    return cache, train_set, total_steps
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    step, pass_index, batch_in_pass = 0, 0, 0
-    best = {"accuracy": -1.0, "step": None, "state": None, "metrics": None}
-    log: list[dict] = []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, pass_index, batch_in_pass = ckpt["step"], ckpt["pass"], ckpt["batch_in_pass"]
-        best = ckpt["best"]
-        log = ckpt["log"]
-        _set_rng_state(ckpt["rng"], device)
-        cb.stage(f"resuming from step {step}")
-    elif model.input_kind == "spectrogram":
-        cb.stage("computing normalisation statistics on the training nights")
-        if is_main:
-            mean, std = normalisation_stats(ds, train_nights, cache)
-        else:
-            mean = torch.zeros(len(kinds), 29, 129, dtype=torch.float64)
-            std = torch.ones(len(kinds), 29, 129, dtype=torch.float64)
-        if distributed:
-            import torch.distributed as dist
 
-            mean, std = mean.to(device), std.to(device)
-            dist.broadcast(mean, 0)
-            dist.broadcast(std, 0)
-        model.set_normalisation(mean.cpu(), std.cpu())
-        model.to(device)
+def _set_normalisation(run: _Run) -> None:
+    """Give the model the training nights' spectrogram statistics (rank 0 computes them, the others receive them)."""
+    data, devices, model = run.data, run.devices, run.model
+    run.cb.stage("computing normalisation statistics on the training nights")
+    if devices.is_main:
+        mean, std = normalisation_stats(data.ds, data.train_nights, run.cache)
+    else:
+        mean = torch.zeros(len(data.kinds), 29, 129, dtype=torch.float64)
+        std = torch.ones(len(data.kinds), 29, 129, dtype=torch.float64)
+    if devices.distributed:
+        import torch.distributed as dist
 
-    train_module: torch.nn.Module = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        mean, std = mean.to(devices.device), std.to(devices.device)
+        dist.broadcast(mean, 0)
+        dist.broadcast(std, 0)
+    model.set_normalisation(mean.cpu(), std.cpu())
+    model.to(devices.device)
 
-        train_module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    workers = opts.workers if opts.workers is not None else (min(4, (os.cpu_count() or 2) // 2)
-                                                             if device.type == "cuda" else 0)
-    csv_path, json_path = log_paths(output)
+def _wrap_for_ddp(model: StagingModel, devices: _Devices) -> torch.nn.Module:
+    """What the training steps run: the model, or under torchrun its DistributedDataParallel wrapper."""
+    if not devices.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def save_checkpoint() -> None:
-        if not is_main:
-            return
-        payload = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict(), "step": step, "pass": pass_index, "batch_in_pass": batch_in_pass,
-                   "best": best, "log": log, "rng": _rng_state(device)}
-        buf = io.BytesIO()
-        torch.save(payload, buf)  # in memory first: torch turns a failed file write into an obscure RuntimeError
-        with atomic_open(ckpt_path, "wb") as fh:
-            fh.write(buf.getbuffer())
-        _write_log_csv(csv_path, log)
+    return DDP(model, device_ids=[devices.device.index] if devices.device.type == "cuda" else None)
 
-    def run_validation(train_loss: float, seq_per_s: float) -> None:
-        nonlocal best
-        row = {"step": step, "pass": pass_index + 1, "train_loss": train_loss, "sequences_per_s": seq_per_s,
+
+def _loader_workers(opts: TrainOptions, device: torch.device) -> int:
+    """DataLoader worker processes: as asked, else a few to keep a GPU fed and none on the CPU."""
+    if opts.workers is not None:
+        return opts.workers
+    return min(4, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
+
+
+@dataclass
+class _Run:
+    """A training run: what its steps share, and the progress a checkpoint saves (weights to RNG state)."""
+
+    opts: TrainOptions
+    data: _Data
+    devices: _Devices
+    output: Path
+    fingerprint: dict
+    cb: Callbacks
+    model: StagingModel
+    cache: SpectrogramCache | None
+    train_set: WindowDataset
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_module: torch.nn.Module | None = None  # the model, or its DDP wrapper under torchrun
+    step: int = 0
+    pass_index: int = 0
+    batch_in_pass: int = 0
+    best: dict = field(default_factory=lambda: {"accuracy": -1.0, "step": None, "state": None, "metrics": None})
+    log: list[dict] = field(default_factory=list)
+
+    def resume(self, ckpt: dict) -> None:
+        """Continue where the checkpoint stopped, random number generators included (same weights as unstopped)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.pass_index, self.batch_in_pass = ckpt["step"], ckpt["pass"], ckpt["batch_in_pass"]
+        self.best = ckpt["best"]
+        self.log = ckpt["log"]
+        _set_rng_state(ckpt["rng"], self.devices.device)
+        self.cb.stage(f"resuming from step {self.step}")
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One optimiser step on a batch; returns its loss (without the L2 term) and the labels it covers."""
+        device, amp = self.devices.device, self.devices.amp
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            logits = self.train_module(x, spectrogram=self.cache is not None)
+        loss, n_labels = loss_fn(logits, y, self.model.net.aggregation)
+        total = loss + self.opts.l2 * l2_penalty(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.batch_in_pass += 1
+        return loss, n_labels
+
+    def validate(self, train_loss: float, seq_per_s: float) -> None:
+        """Log a row; on rank 0, score the validation nights and keep a copy of the best weights so far."""
+        row = {"step": self.step, "pass": self.pass_index + 1, "train_loss": train_loss, "sequences_per_s": seq_per_s,
                "val_accuracy": None, "val_macro_f1": None, "val_kappa": None, "best": False}
-        if is_main and val_nights:
-            metrics = evaluate(model, ds, val_nights, index, device, amp)
-            improved = metrics["accuracy"] > best["accuracy"]
+        data, devices = self.data, self.devices
+        if devices.is_main and data.val_nights:
+            metrics = evaluate(self.model, data.ds, data.val_nights, data.index, devices.device, devices.amp)
+            improved = metrics["accuracy"] > self.best["accuracy"]
             if improved:
-                best = {"accuracy": metrics["accuracy"], "step": step,
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                        "metrics": metrics}
+                self.best = {"accuracy": metrics["accuracy"], "step": self.step,
+                             "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                             "metrics": metrics}
             row.update(val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"],
                        val_kappa=metrics["kappa"], best=improved)
-            cb.evaluated(step, metrics, improved)
-        log.append(row)
+            self.cb.evaluated(self.step, metrics, improved)
+        self.log.append(row)
 
-    cb.start(total_steps, step)
-    loss_sum, label_sum, seqs, t_window = 0.0, 0, 0, time.time()
-    finished = step >= total_steps
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint and the CSV log so far (rank 0 only)."""
+        if not self.devices.is_main:
+            return
+        payload = {"fingerprint": self.fingerprint, "model": self.model.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+                   "pass": self.pass_index, "batch_in_pass": self.batch_in_pass, "best": self.best, "log": self.log,
+                   "rng": _rng_state(self.devices.device)}
+        buf = io.BytesIO()
+        torch.save(payload, buf)  # in memory first: torch turns a failed file write into an obscure RuntimeError
+        with atomic_open(checkpoint_path(self.output), "wb") as fh:
+            fh.write(buf.getbuffer())
+        _write_log_csv(log_paths(self.output)[0], self.log)
+
+
+class _Window:
+    """Training loss and throughput since the last validation: shown at every step, logged at validation."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.label_sum, self.seqs, self.started = 0.0, 0, 0, time.time()
+
+    def add(self, seqs: int, loss_sum: float, labels: int) -> None:
+        self.seqs += seqs
+        self.loss_sum += loss_sum
+        self.label_sum += labels
+
+    def loss(self) -> float:
+        return self.loss_sum / max(self.label_sum, 1)
+
+
+def _train_loop(run: _Run) -> None:
+    """Train pass after pass up to the last step, validating and checkpointing every ``--eval-every`` steps."""
+    run.cb.start(run.total_steps, run.step)
+    window = _Window()
+    workers = _loader_workers(run.opts, run.devices.device)
+    finished = run.step >= run.total_steps
     # A first Ctrl-C/SIGTERM stops after the current step with a fresh checkpoint; a second one stops at
     # once, and the last periodic checkpoint is what a resume starts from.
     with GracefulStop("training") as stop:
-        while not finished and pass_index < opts.epochs:
-            sampler = PassBatches(len(train_set), opts.batch_size, opts.seed, pass_index, batch_in_pass, rank, world)
-            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                                pin_memory=device.type == "cuda", worker_init_fn=_seed_worker,
-                                generator=torch.Generator().manual_seed(opts.seed))
-            train_module.train()
-            for x, y in loader:
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                with autocast_for(device, amp):
-                    logits = train_module(x, spectrogram=cache is not None)
-                loss, n_labels = loss_fn(logits, y, aggregation)
-                total = loss + opts.l2 * l2_penalty(model)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                batch_in_pass += 1
-                seqs += x.shape[0] * world
-                loss_sum += float(loss.detach()) * seq_len
-                label_sum += n_labels
-                elapsed = max(time.time() - t_window, 1e-9)
-                cb.step(step, loss_sum / max(label_sum, 1), seqs / elapsed, pass_index)
-                if step % opts.eval_every == 0 or step >= total_steps:
-                    _barrier(distributed)
-                    run_validation(loss_sum / max(label_sum, 1), seqs / elapsed)
-                    save_checkpoint()
-                    _barrier(distributed)
-                    loss_sum, label_sum, seqs, t_window = 0.0, 0, 0, time.time()
-                if step >= total_steps:
-                    finished = True
-                    break
-                if _stop_everywhere(stop.requested, distributed, device):
-                    save_checkpoint()
-                    raise TrainingInterrupted(f"training interrupted at step {step} of {total_steps}; the "
-                                              "checkpoint is saved: run the same command with --resume to continue",
-                                              output)
+        while not finished and run.pass_index < run.opts.epochs:
+            finished = _train_pass(run, window, stop, workers)
             if not finished:
-                pass_index += 1
-                batch_in_pass = 0
+                run.pass_index += 1
+                run.batch_in_pass = 0
 
+
+def _train_pass(run: _Run, window: _Window, stop: GracefulStop, workers: int) -> bool:
+    """The rest of the current pass over the shuffled windows; whether the last step is reached.
+
+    Raises TrainingInterrupted (after a checkpoint) when a stop was asked for on any rank.
+    """
+    opts, devices = run.opts, run.devices
+    sampler = PassBatches(len(run.train_set), opts.batch_size, opts.seed, run.pass_index, run.batch_in_pass,
+                          devices.rank, devices.world)
+    loader = DataLoader(run.train_set, batch_sampler=sampler, num_workers=workers,
+                        pin_memory=devices.device.type == "cuda", worker_init_fn=_seed_worker,
+                        generator=torch.Generator().manual_seed(opts.seed))
+    run.train_module.train()
+    for x, y in loader:
+        loss, n_labels = run.train_step(x, y)
+        window.add(x.shape[0] * devices.world, float(loss.detach()) * run.data.seq_len, n_labels)
+        elapsed = max(time.time() - window.started, 1e-9)
+        run.cb.step(run.step, window.loss(), window.seqs / elapsed, run.pass_index)
+        if run.step % opts.eval_every == 0 or run.step >= run.total_steps:
+            _barrier(devices.distributed)
+            run.validate(window.loss(), window.seqs / elapsed)
+            run.save_checkpoint()
+            _barrier(devices.distributed)
+            window.reset()
+        if run.step >= run.total_steps:
+            return True
+        if _stop_everywhere(stop.requested, devices.distributed, devices.device):
+            run.save_checkpoint()
+            raise TrainingInterrupted(f"training interrupted at step {run.step} of {run.total_steps}; the "
+                                      "checkpoint is saved: run the same command with --resume to continue",
+                                      run.output)
+    return False
+
+
+def _write_model(run: _Run, t_start: float) -> dict | None:
+    """Write the model file (best validated weights, else the last ones) and the training logs; drop the checkpoint.
+
+    Returns the selected weights' validation metrics (None without validation).
+    """
+    ds, opts, output, log = run.data.ds, run.opts, run.output, run.log
+    split, kinds, train_nights, val_nights = run.data.split, run.data.kinds, run.data.train_nights, run.data.val_nights
+    step, best, device, world = run.step, run.best, run.devices.device, run.devices.world
+    csv_path, json_path = log_paths(output)
     result_val = None
     final_state = None
     if val_nights and best["state"] is not None:
         final_state = best["state"]
         result_val = best["metrics"]
-    if is_main:
+    if run.devices.is_main:
         train_counts = {s: sum(n.stage_counts.get(s, 0) for n in train_nights) for s in STAGES}
         training = {
-            "dataset": str(Path(dataset).resolve()),
+            "dataset": ds.identity(),  # folder name and content digest: never a path of this machine
             "dataset_created": ds.manifest.get("created"),
             "layout": ds.manifest.get("options", {}).get("layout"),
             "train_subjects": split.train, "val_subjects": split.val,
@@ -557,18 +717,13 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
         spec = dict(ds.manifest["channel_spec"])
         spec = {"kinds": list(kinds), "preset": spec.get("preset"),
                 "candidates": {k: spec["candidates"][k] for k in kinds}}
-        save_model(output, model, spec, ds.manifest["conditioning"], _json_safe(training), _json_safe(result_val),
-                   state_dict=final_state)
+        save_model(output, run.model, spec, ds.manifest["conditioning"], _json_safe(training),
+                   _json_safe(result_val), state_dict=final_state)
         _write_log_csv(csv_path, log)
-        atomic_write_json(json_path, _json_safe({"sleepstage_version": __version__, "model": str(output),
+        atomic_write_json(json_path, _json_safe({"sleepstage_version": __version__, "model": output.name,
                                                  "training": training, "validation": result_val, "log": log}))
-        ckpt_path.unlink(missing_ok=True)
-    _barrier(distributed)
-    if cache is not None:
-        cache.close()
-    return TrainResult(output=output, steps=step, best_step=best["step"], validation=result_val, log=log,
-                       split=split, seconds=time.time() - t_start,
-                       last_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        checkpoint_path(output).unlink(missing_ok=True)
+    return result_val
 
 
 def _stop_everywhere(requested: bool, distributed: bool, device: torch.device) -> bool:

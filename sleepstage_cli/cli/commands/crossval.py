@@ -14,7 +14,8 @@ from rich.table import Table
 
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.cli.app import app, command
-from sleepstage_cli.cli.commands.train import (
+from sleepstage_cli.cli.display import ProgressCallbacks, print_evaluation
+from sleepstage_cli.cli.options import (
     AmpOpt,
     BatchSizeOpt,
     ChannelsOpt,
@@ -27,7 +28,6 @@ from sleepstage_cli.cli.commands.train import (
     MaxStepsOpt,
     ModelOpt,
     OutputLayerOpt,
-    ProgressCallbacks,
     RnnOpt,
     SeedOpt,
     SeqLenOpt,
@@ -327,6 +327,7 @@ def crossval(
     same command again after a crash or Ctrl-C: finished folds are kept, the interrupted one resumes
     from its checkpoint; a different command on the same run folder is refused.
     """
+    from sleepstage_cli.digests import without_folders
     from sleepstage_cli.training.crossval import check_run_dir, plan_run
     from sleepstage_cli.training.crossval import crossval as run_crossval
 
@@ -343,7 +344,7 @@ def crossval(
     monitor = SequentialMonitor(eta) if n_jobs == 1 else ParallelMonitor(eta)
     try:
         result = run_crossval(plan, n_jobs, device_list, force=force, split_only=split_only, monitor=monitor,
-                              command=shlex.join(["sleepstage", *sys.argv[1:]]))
+                              command=shlex.join(["sleepstage", *without_folders(sys.argv[1:])]))
     finally:
         if isinstance(monitor, ParallelMonitor):
             monitor.stop()
@@ -365,8 +366,6 @@ def _devices(text: Optional[str]) -> list[str]:
 
 
 def _report(result: CrossvalResult, dataset: Path) -> None:
-    from sleepstage_cli.cli.commands.evaluate import print_evaluation
-
     ev = result.evaluation
     for note in ev.notes:
         (con.info if "in no test set" in note else con.warn)(note)

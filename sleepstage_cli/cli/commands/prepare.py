@@ -98,21 +98,34 @@ def prepare(
     if output is None:
         raise InputError("give the dataset folder to write with -o/--output")
 
-    from sleepstage_cli.data.prepare import (
-        DEFAULT_MIN_HOURS,
-        DEFAULT_TRIM_MINUTES,
-        PrepareOptions,
-        default_jobs,
-        run_prepare,
-    )
-    from sleepstage_cli.io.channels import build_spec, parse_kinds, read_channel_map
-    from sleepstage_cli.io.layout import DEFAULT_SUBJECT_PATTERN, discover
+    overrides = _channel_overrides(channel_map, eeg, eog, emg)
+    nights, skips, opts = _plan(sources, layout, subject_pattern, channels, overrides, trim, trim_minutes, min_hours,
+                                epoch_length)
+    summary = _run(nights, skips, output, opts, jobs, force)
+    _report(summary, output, strict)
+
+
+def _channel_overrides(channel_map: Path | None, eeg: str | None, eog: str | None,
+                       emg: str | None) -> dict[str, tuple[str, ...]]:
+    """Channel names the user gives, by kind: --channel-map's, replaced by --eeg, --eog, --emg."""
+    from sleepstage_cli.io.channels import read_channel_map
 
     overrides = dict(read_channel_map(channel_map)) if channel_map else {}
     for kind, value in (("eeg", eeg), ("eog", eog), ("emg", emg)):
         alts = _alternatives(value)
         if alts:
             overrides[kind] = alts
+    return overrides
+
+
+def _plan(sources: list[Path], layout: str, subject_pattern: str | None, channels: str | None,
+          overrides: dict[str, tuple[str, ...]], trim: bool | None, trim_minutes: float, min_hours: float | None,
+          epoch_length: float | None):
+    """The nights found (and the files left out) and the PrepareOptions of the layout found; says what was found."""
+    from sleepstage_cli.data.prepare import DEFAULT_MIN_HOURS, DEFAULT_TRIM_MINUTES, PrepareOptions
+    from sleepstage_cli.io.channels import build_spec, parse_kinds
+    from sleepstage_cli.io.layout import DEFAULT_SUBJECT_PATTERN, discover
+
     layout_name, nights, skips = discover(list(sources), layout.lower(), subject_pattern or DEFAULT_SUBJECT_PATTERN)
     preset = layout_name if layout_name in ("mass", "sleep-edf") else None
     spec = build_spec(parse_kinds(channels) if channels else None, preset, overrides)
@@ -123,11 +136,16 @@ def prepare(
         min_hours=min_hours if min_hours is not None else DEFAULT_MIN_HOURS.get(layout_name, 0.0),
         epoch_length=epoch_length,
     )
-    n_jobs = jobs or default_jobs()
     described = (f"{', '.join(spec.kinds)} ({layout_name} preset)" if preset and not overrides
                  else spec.describe())
     con.info(f"{layout_name} layout: {len(nights)} night(s) found, {len(skips)} file(s) left out; "
              f"channels {described}")
+    return nights, skips, opts
+
+
+def _run(nights, skips, output: Path, opts, jobs: int | None, force: bool):
+    """Prepare the nights into ``output`` with a progress bar; returns run_prepare's summary."""
+    from sleepstage_cli.data.prepare import default_jobs, run_prepare
 
     bar = con.progress()
     task = bar.add_task("preparing nights", total=None)
@@ -145,12 +163,15 @@ def prepare(
         bar.advance(task)
 
     try:
-        summary = run_prepare(nights, skips, output, opts, jobs=n_jobs, force=force,
-                              on_start=on_start, on_result=on_result)
+        return run_prepare(nights, skips, output, opts, jobs=jobs or default_jobs(), force=force,
+                           on_start=on_start, on_result=on_result)
     finally:
         if bar.live.is_started:
             bar.stop()
 
+
+def _report(summary, output: Path, strict: bool) -> None:
+    """nights.csv and the tables of what was prepared; the command's error when nothing (or, --strict, not all) was."""
     if STATE.debug and summary.internal_errors:
         for tb in summary.internal_errors:
             con.err.print(tb, markup=False)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.cli.app import STATE, app, command
+from sleepstage_cli.cli.options import DeviceOpt
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 
 _EXAMPLE = """Examples:
@@ -124,7 +125,7 @@ def score(
                                                         show_default=False)] = None,
     low_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Epochs whose stage probability is "
                                                   "below this are flagged for review.")] = 0.6,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Epochs encoded per batch.")] = 256,
     force: Annotated[bool, typer.Option("--force", help="Replace existing outputs.")] = False,
 ) -> None:
@@ -133,11 +134,6 @@ def score(
     Uses the channels, filters and normalisation the model was trained with and SeqSleepNet's test-time
     aggregation over all overlapping sequences. Flat or missing stretches are marked, never silently scored.
     """
-    from sleepstage_cli.conditioning.signals import Conditioning
-    from sleepstage_cli.io.channels import ChannelSpec
-    from sleepstage_cli.io.layout import night_key
-    from sleepstage_cli.model.modelmeta import peek_metadata
-
     fmt = {FORMAT_ALIASES.get(f, f) for f in (f.strip().lower() for f in formats.split(",")) if f}
     if not fmt or fmt - set(FORMATS):
         raise InputError(f"--format takes {', '.join(FORMATS)} (comma-separated; bids = tsv), not {formats!r}")
@@ -148,22 +144,8 @@ def score(
                  for k, val in (("eeg", eeg), ("eog", eog), ("emg", emg)) if val}
     files = _inputs(nights)
     grids = _epoch_grids(files, epochs_from)
-    single = len(files) == 1 and output.suffix.lower() == ".csv"
-    if single:
-        plan = {files[0]: _targets(output.with_suffix(""), fmt, report, attention)}
-        summary_path = None
-    else:
-        if output.exists() and not output.is_dir():
-            raise SleepstageError("output exists and is not a folder (give a folder to score several nights)",
-                                  output)
-        keys = [night_key(f) for f in files]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
-            raise InputError(f"several input files are night {dup[0]!r}; score them into separate folders")
-        plan = {f: _targets(output / k, fmt, report, attention) for f, k in zip(files, keys)}
-        summary_path = output / "summary.csv"
+    plan, summary_path = _plan(files, output, fmt, report, attention)
     model_path = model or _default_model()
-    n_nights = len(plan)
     inputs = [*nights, *files, *grids.values(), *([epochs_from] if epochs_from else []), model_path]
     kept, unfinished, ours = (_finished(summary_path, plan, model_path, grids, inputs, force) if summary_path
                               else ([], {}, set()))
@@ -171,12 +153,49 @@ def score(
     if kept:
         con.info(f"{len(kept)} night(s) already scored in {output} with this model are kept")
 
-    from sleepstage_cli.interrupts import GracefulStop
-    from sleepstage_cli.scoring.pipeline import ReadAhead, spec_with_overrides
+    spec, cond, loaded = _model_inputs(model_path, overrides)
+    if summary_path is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    summary = _Summary(summary_path, plan, kept, unfinished)
+    failures, stopped = _score_nights(plan, grids, summary, spec, cond, model_path, loaded, device,
+                                      _Scoring(attention, low_confidence, batch_size))
+    summary.save(final=True)
+    if summary.rows:
+        _print_summary(summary.rows)
+        if summary_path is not None:
+            con.info(f"summary: {summary_path}")
+    _raise_unscored(plan, kept, summary.rows, failures, stopped, output)
 
-    # The model's channel spec and filters, read without torch when possible: the first night is then
-    # read and conditioned in a worker process while torch loads the model here.
-    loaded, spec, cond = None, None, None
+
+def _plan(files: list[Path], output: Path, fmt: set[str], report: bool,
+          attention: bool) -> tuple[dict[Path, Targets], Path | None]:
+    """The files each night is written to, and the summary.csv (None when one night goes to ``output``)."""
+    from sleepstage_cli.io.layout import night_key
+
+    if len(files) == 1 and output.suffix.lower() == ".csv":
+        return {files[0]: _targets(output.with_suffix(""), fmt, report, attention)}, None
+    if output.exists() and not output.is_dir():
+        raise SleepstageError("output exists and is not a folder (give a folder to score several nights)", output)
+    keys = [night_key(f) for f in files]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise InputError(f"several input files are night {dup[0]!r}; score them into separate folders")
+    return {f: _targets(output / k, fmt, report, attention) for f, k in zip(files, keys)}, output / "summary.csv"
+
+
+def _model_inputs(model_path: Path, overrides: dict[str, tuple[str, ...]]):
+    """The model's channel spec (with the command line's channel names) and conditioning, and the loaded
+    model when it had to be loaded to learn them (else None).
+
+    They are read without torch when possible: the first night is then read and conditioned in a worker
+    process while torch loads the model here.
+    """
+    from sleepstage_cli.conditioning.signals import Conditioning
+    from sleepstage_cli.io.channels import ChannelSpec
+    from sleepstage_cli.model.modelmeta import peek_metadata
+    from sleepstage_cli.scoring.pipeline import spec_with_overrides
+
+    loaded = None
     meta = peek_metadata(model_path)
     try:
         spec, cond = ChannelSpec.from_dict(meta["channel_spec"]), Conditioning.from_dict(meta["conditioning"])
@@ -185,12 +204,26 @@ def score(
 
         loaded = load_model(model_path)  # it says what is wrong with the file
         spec, cond = loaded.channel_spec, loaded.conditioning
-    spec = spec_with_overrides(spec, overrides)
-    if summary_path is not None:
-        output.mkdir(parents=True, exist_ok=True)
+    return spec_with_overrides(spec, overrides), cond, loaded
 
-    summary = _Summary(summary_path, plan, kept, unfinished)
-    rows = summary.rows
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How each night is scored and written."""
+
+    attention: bool
+    low_confidence: float
+    batch_size: int
+
+
+def _score_nights(plan: dict[Path, Targets], grids: dict[Path, Path], summary: _Summary, spec, cond,
+                  model_path: Path, loaded, device: str,
+                  how: _Scoring) -> tuple[list[tuple[Path, SleepstageError]], bool]:
+    """Score the nights of ``plan`` as they are read (ahead, in a worker process); returns the nights that
+    failed, with why, and whether a Ctrl-C stopped the run."""
+    from sleepstage_cli.interrupts import GracefulStop
+    from sleepstage_cli.scoring.pipeline import ReadAhead
+
     failures: list[tuple[Path, SleepstageError]] = []
     with ReadAhead(list(plan), spec, cond, grids) as nights_read:
         from sleepstage_cli.model.modelfile import load_model
@@ -211,8 +244,8 @@ def score(
                 try:
                     if isinstance(night, SleepstageError):
                         raise night
-                    row = _score_one(night, plan[path], loaded, dev, attention, low_confidence, batch_size,
-                                     grids.get(path), functools.partial(summary.commit, path))
+                    row = _score_one(night, plan[path], loaded, dev, how.attention, how.low_confidence,
+                                     how.batch_size, grids.get(path), functools.partial(summary.commit, path))
                     summary.done(path, row)
                 except SleepstageError as exc:
                     if STATE.debug:
@@ -221,13 +254,14 @@ def score(
                     if len(plan) > 1:  # one night's error is the command's error, said once at the end
                         con.warn(f"not scored: {exc}")
                 bar.advance(task)
-    summary.save(final=True)
-    if rows:
-        _print_summary(rows)
-        if summary_path is not None:
-            con.info(f"summary: {summary_path}")
-    if stop.requested and len(rows) + len(failures) < len(plan):
-        raise Interrupted(f"interrupted after {len(kept) + len(rows)} of {n_nights} nights; the finished ones are "
+    return failures, stop.requested
+
+
+def _raise_unscored(plan: dict[Path, Targets], kept: list[dict], rows: list[dict],
+                    failures: list[tuple[Path, SleepstageError]], stopped: bool, output: Path) -> None:
+    """The command's error when a night of ``plan`` is not scored (interrupted, or it failed)."""
+    if stopped and len(rows) + len(failures) < len(plan):
+        raise Interrupted(f"interrupted after {len(kept) + len(rows)} of {len(plan)} nights; the finished ones are "
                           "written: run the same command again to score the others", output)
     if failures:
         if len(plan) == 1:

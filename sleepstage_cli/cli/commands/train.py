@@ -6,12 +6,30 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.cli.app import app, command
-from sleepstage_cli.errors import InputError
+from sleepstage_cli.cli.display import ProgressCallbacks
+from sleepstage_cli.cli.options import (
+    AmpOpt,
+    BatchSizeOpt,
+    ChannelsOpt,
+    DeviceOpt,
+    DropoutOpt,
+    EpochsOpt,
+    EvalEveryOpt,
+    L2Opt,
+    LrOpt,
+    MaxStepsOpt,
+    ModelOpt,
+    OutputLayerOpt,
+    RnnOpt,
+    SeedOpt,
+    SeqLenOpt,
+    WorkersOpt,
+    train_options,
+)
 
 _EXAMPLE = """Examples:
 
@@ -25,107 +43,6 @@ _EXAMPLE = """Examples:
 
   torchrun --nproc_per_node 4 -m sleepstage_cli train data/ -o model.pt   (several GPUs)
 """
-
-
-# The training options, declared once: `sleepstage crossval` accepts exactly these and passes them on.
-ModelOpt = Annotated[str, typer.Option("--model", help="seqsleepnet, e2e-arnn, multitask-arnn or deepsleepnet.")]
-ChannelsOpt = Annotated[Optional[str], typer.Option(help="Channels to use, e.g. eeg,eog (default: all the dataset "
-                                                    "holds).", show_default=False)]
-SeqLenOpt = Annotated[Optional[int], typer.Option(help="Epochs per sequence L (default: 20; 1 for the epoch-wise "
-                                                  "ARNNs).", show_default=False)]
-EpochsOpt = Annotated[int, typer.Option(help="Passes over the training windows.")]
-BatchSizeOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
-LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
-L2Opt = Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")]
-EvalEveryOpt = Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, up to 4 "
-                                                   "on GPU).", show_default=False)]
-MaxStepsOpt = Annotated[Optional[int], typer.Option(help="Stop training after this many steps (quick runs).",
-                                                    show_default=False)]
-RnnOpt = Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (paper) or lstm (released code).",
-                                               show_default=False)]
-OutputLayerOpt = Annotated[Optional[str], typer.Option(help="seqsleepnet output: per-position (default) or shared.",
-                                                       show_default=False)]
-DropoutOpt = Annotated[Optional[float], typer.Option(help="Dropout rate (default: the network's).",
-                                                     show_default=False)]
-
-
-def train_options(model: str, channels: Optional[str], seq_len: Optional[int], epochs: int, batch_size: int,
-                  lr: float, l2: float, eval_every: int, seed: int, device: str, amp: bool, workers: Optional[int],
-                  max_steps: Optional[int], rnn: Optional[str], output_layer: Optional[str],
-                  dropout: Optional[float]):
-    """Build TrainOptions from command-line values (shared by train and crossval)."""
-    from sleepstage_cli.io.channels import parse_kinds
-    from sleepstage_cli.training.train import TrainOptions, check_values
-
-    hparams = {}
-    if rnn is not None:
-        if rnn not in ("gru", "lstm"):
-            raise InputError(f"--rnn takes gru or lstm, not {rnn!r}")
-        if model == "deepsleepnet":
-            raise InputError("--rnn does not apply to deepsleepnet (its sequence level is an LSTM)")
-        hparams["rnn"] = rnn
-    if output_layer is not None:
-        if model != "seqsleepnet":
-            raise InputError("--output-layer applies to seqsleepnet only")
-        if output_layer not in ("per-position", "shared"):
-            raise InputError(f"--output-layer takes per-position or shared, not {output_layer!r}")
-        hparams["output"] = output_layer
-    if dropout is not None:
-        hparams["dropout"] = dropout
-    opts = TrainOptions(net=model, channels=parse_kinds(channels) if channels else None, seq_len=seq_len,
-                        epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, eval_every=eval_every, seed=seed,
-                        device=device, amp=amp, workers=workers, max_steps=max_steps, hparams=hparams)
-    check_values(opts)  # before the dataset is read
-    return opts
-
-
-class ProgressCallbacks:
-    """Draws training progress: a bar over the steps, and below it loss, throughput and the last validation."""
-
-    def __init__(self, label: str = "training") -> None:
-        from rich.console import Group
-        from rich.live import Live
-        from rich.text import Text
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=con.err)
-        self.status = Text("", overflow="fold")
-        self.live = Live(Group(self.progress, self.status), console=con.err, refresh_per_second=4)
-        self.task = None
-        self.label = label
-        self.train_text = ""
-        self.val_text = ""
-
-    def stage(self, text: str) -> None:
-        con.info(f"{self.label}: {text}")
-
-    def start(self, total_steps: int, step: int) -> None:
-        self.task = self.progress.add_task(self.label, total=total_steps, completed=step)
-        self.live.start()
-
-    def _show(self) -> None:
-        self.status.plain = f"  {self.train_text}" + (f"\n  {self.val_text}" if self.val_text else "")
-
-    def step(self, step: int, loss: float, seq_per_s: float, pass_index: int) -> None:
-        self.progress.update(self.task, completed=step)
-        self.train_text = f"pass {pass_index + 1}  loss {loss:.3f}  {seq_per_s:.1f} sequences/s"
-        self._show()
-
-    def evaluated(self, step: int, metrics: dict, best: bool) -> None:
-        self.val_text = (f"validation at step {step}: accuracy {100 * metrics['accuracy']:.1f} %  "
-                         f"macro-F1 {100 * metrics['macro_f1']:.1f} %  kappa {metrics['kappa']:.3f}"
-                         f"{'  (best so far)' if best else ''}")
-        self._show()
-
-    def stop(self) -> None:
-        if self.live.is_started:
-            self.live.stop()
-            if not con.err.is_terminal:
-                con.err.line()  # the last status line ends without one when not drawn on a terminal
 
 
 @app.command(epilog=_EXAMPLE)

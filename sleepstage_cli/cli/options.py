@@ -1,0 +1,67 @@
+"""Option declarations more than one command shares, declared once so that their help reads the same.
+
+The training options: ``sleepstage crossval`` accepts exactly ``sleepstage train``'s and passes them on
+through :func:`train_options`. ``--device`` is also ``sleepstage score``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from sleepstage_cli.errors import InputError
+
+ModelOpt = Annotated[str, typer.Option("--model", help="seqsleepnet, e2e-arnn, multitask-arnn or deepsleepnet.")]
+ChannelsOpt = Annotated[Optional[str], typer.Option(help="Channels to use, e.g. eeg,eog (default: all the dataset "
+                                                    "holds).", show_default=False)]
+SeqLenOpt = Annotated[Optional[int], typer.Option(help="Epochs per sequence L (default: 20; 1 for the epoch-wise "
+                                                  "ARNNs).", show_default=False)]
+EpochsOpt = Annotated[int, typer.Option(help="Passes over the training windows.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
+LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
+L2Opt = Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")]
+EvalEveryOpt = Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Data-loading worker processes (default: 0 on CPU, up to 4 "
+                                                   "on GPU).", show_default=False)]
+MaxStepsOpt = Annotated[Optional[int], typer.Option(help="Stop training after this many steps (quick runs).",
+                                                    show_default=False)]
+RnnOpt = Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (paper) or lstm (released code).",
+                                               show_default=False)]
+OutputLayerOpt = Annotated[Optional[str], typer.Option(help="seqsleepnet output: per-position (default) or shared.",
+                                                       show_default=False)]
+DropoutOpt = Annotated[Optional[float], typer.Option(help="Dropout rate (default: the network's).",
+                                                     show_default=False)]
+
+
+def train_options(model: str, channels: Optional[str], seq_len: Optional[int], epochs: int, batch_size: int,
+                  lr: float, l2: float, eval_every: int, seed: int, device: str, amp: bool, workers: Optional[int],
+                  max_steps: Optional[int], rnn: Optional[str], output_layer: Optional[str],
+                  dropout: Optional[float]):
+    """Build TrainOptions from command-line values (shared by train and crossval)."""
+    from sleepstage_cli.io.channels import parse_kinds
+    from sleepstage_cli.training.train import TrainOptions, check_values
+
+    hparams = {}
+    if rnn is not None:
+        if rnn not in ("gru", "lstm"):
+            raise InputError(f"--rnn takes gru or lstm, not {rnn!r}")
+        if model == "deepsleepnet":
+            raise InputError("--rnn does not apply to deepsleepnet (its sequence level is an LSTM)")
+        hparams["rnn"] = rnn
+    if output_layer is not None:
+        if model != "seqsleepnet":
+            raise InputError("--output-layer applies to seqsleepnet only")
+        if output_layer not in ("per-position", "shared"):
+            raise InputError(f"--output-layer takes per-position or shared, not {output_layer!r}")
+        hparams["output"] = output_layer
+    if dropout is not None:
+        hparams["dropout"] = dropout
+    opts = TrainOptions(net=model, channels=parse_kinds(channels) if channels else None, seq_len=seq_len,
+                        epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, eval_every=eval_every, seed=seed,
+                        device=device, amp=amp, workers=workers, max_steps=max_steps, hparams=hparams)
+    check_values(opts)  # before the dataset is read
+    return opts

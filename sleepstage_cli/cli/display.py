@@ -11,6 +11,7 @@ from sleepstage_cli.cli import console as con
 
 if TYPE_CHECKING:
     from sleepstage_cli.evaluation.evaluate import Evaluation
+    from sleepstage_cli.training.train import TrainOptions
 
 # Shown in the terminal; metrics.json, stats_agreement.csv and report.html have every statistic.
 _TERMINAL_STATS = ("TST", "SE", "WASO", "SOL", "Lat_REM", "W", "N1", "N2", "N3", "REM")
@@ -60,6 +61,18 @@ class ProgressCallbacks:
             self.live.stop()
             if not con.err.is_terminal:
                 con.err.line()  # the last status line ends without one when not drawn on a terminal
+
+
+def print_choices(opts: TrainOptions, dataset: str | None = None) -> None:
+    """The run's header: the training choices in effect (a preset's included), before anything is trained;
+    ``dataset``: how the prepared nights were conditioned (standardisation, filters)."""
+    hp = opts.hparams
+    cell = "" if opts.net == "deepsleepnet" else f", cell {hp.get('rnn', 'gru')}"
+    seq = f", L={opts.resolved_seq_len()}" if opts.resolved_seq_len() > 1 else ""
+    preset = f"preset {opts.preset}: " if opts.preset else ""
+    con.info(f"{preset}{opts.net}{cell}{seq}; {opts.epochs} passes, batch {opts.batch_size}, lr {opts.lr:g}, "
+             f"L2 {opts.l2:g}; validation every {opts.eval_every} steps, selection {opts.select}"
+             + (f"; data {dataset}" if dataset else ""))
 
 
 def _f(value: object, unit: str) -> str:

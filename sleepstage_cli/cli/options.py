@@ -17,11 +17,14 @@ ChannelsOpt = Annotated[Optional[str], typer.Option(help="Channels to use, e.g. 
                                                     "holds).", show_default=False)]
 SeqLenOpt = Annotated[Optional[int], typer.Option(help="Epochs per sequence L (default: 20; 1 for the epoch-wise "
                                                   "ARNNs).", show_default=False)]
-EpochsOpt = Annotated[int, typer.Option(help="Passes over the training windows.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Passes over the training windows (default: 10; 20 for the "
+                                                  "epoch-wise ARNNs, as released).", show_default=False)]
 BatchSizeOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
 L2Opt = Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")]
-EvalEveryOpt = Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option(help="Validate (and checkpoint) every N steps (default: 100; "
+                                                     "500 for the epoch-wise ARNNs, as released).",
+                                                     show_default=False)]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")]
@@ -29,26 +32,38 @@ WorkersOpt = Annotated[Optional[int], typer.Option(help="Data-loading worker pro
                                                    "on GPU).", show_default=False)]
 MaxStepsOpt = Annotated[Optional[int], typer.Option(help="Stop training after this many steps (quick runs).",
                                                     show_default=False)]
-RnnOpt = Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (paper) or lstm (released code).",
-                                               show_default=False)]
+RnnOpt = Annotated[Optional[str], typer.Option(help="Recurrent cell: gru (default), lstm, or bnlstm (the "
+                                               "released code's batch-normalised LSTM).", show_default=False)]
+SelectOpt = Annotated[Optional[str], typer.Option(help="Model selection on the validation nights: aggregated "
+                                                  "(default: accuracy after test-time aggregation) or per-position "
+                                                  "(released code: mean per-position accuracy, ties to the later "
+                                                  "checkpoint).", show_default=False)]
+PresetOpt = Annotated[Optional[str], typer.Option(help="paper: every released-code choice at once (BN-LSTM for "
+                                                  "seqsleepnet, --select per-position; needs a dataset prepared "
+                                                  "with --no-standardise). Options given explicitly win.",
+                                                  show_default=False)]
 OutputLayerOpt = Annotated[Optional[str], typer.Option(help="seqsleepnet output: per-position (default) or shared.",
                                                        show_default=False)]
 DropoutOpt = Annotated[Optional[float], typer.Option(help="Dropout rate (default: the network's).",
                                                      show_default=False)]
 
 
-def train_options(model: str, channels: Optional[str], seq_len: Optional[int], epochs: int, batch_size: int,
-                  lr: float, l2: float, eval_every: int, seed: int, device: str, amp: bool, workers: Optional[int],
-                  max_steps: Optional[int], rnn: Optional[str], output_layer: Optional[str],
-                  dropout: Optional[float]):
+def train_options(model: str, channels: Optional[str], seq_len: Optional[int], epochs: Optional[int],
+                  batch_size: int, lr: float, l2: float, eval_every: Optional[int], seed: int, device: str, amp: bool,
+                  workers: Optional[int], max_steps: Optional[int], rnn: Optional[str], output_layer: Optional[str],
+                  dropout: Optional[float], select: Optional[str] = None, preset: Optional[str] = None):
     """Build TrainOptions from command-line values (shared by train and crossval)."""
     from sleepstage_cli.io.channels import parse_kinds
-    from sleepstage_cli.training.train import TrainOptions, check_values
+    from sleepstage_cli.training.train import TrainOptions, check_values, preset_choices
 
+    if preset is not None:
+        chosen = preset_choices(preset, model)
+        rnn = rnn if rnn is not None else chosen.get("rnn")
+        select = select if select is not None else chosen.get("select")
     hparams = {}
     if rnn is not None:
-        if rnn not in ("gru", "lstm"):
-            raise InputError(f"--rnn takes gru or lstm, not {rnn!r}")
+        if rnn not in ("gru", "lstm", "bnlstm"):
+            raise InputError(f"--rnn takes gru, lstm or bnlstm, not {rnn!r}")
         if model == "deepsleepnet":
             raise InputError("--rnn does not apply to deepsleepnet (its sequence level is an LSTM)")
         hparams["rnn"] = rnn
@@ -62,6 +77,7 @@ def train_options(model: str, channels: Optional[str], seq_len: Optional[int], e
         hparams["dropout"] = dropout
     opts = TrainOptions(net=model, channels=parse_kinds(channels) if channels else None, seq_len=seq_len,
                         epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, eval_every=eval_every, seed=seed,
-                        device=device, amp=amp, workers=workers, max_steps=max_steps, hparams=hparams)
+                        device=device, amp=amp, workers=workers, max_steps=max_steps, hparams=hparams,
+                        select=select or "aggregated", preset=preset)
     check_values(opts)  # before the dataset is read
     return opts

@@ -4,7 +4,8 @@ Shared by `prepare` (training data) and `score` (new nights), so both see identi
 channel: read in microvolts (a derivation is the difference of two signals), placed on a continuous
 time line (EDF+D gaps become missing samples), flat stretches and missing samples marked, the gaps
 filled so the filters can run, filtered and resampled to 100 Hz, then standardised over the samples
-that were really recorded. Marked samples are set to 0 (the night's mean) afterwards.
+that were really recorded (unless the Conditioning says not to: the samples then stay in microvolts).
+Marked samples are set to the night's mean afterwards (0 once standardised).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ FLAT_SECONDS = 5.0
 class Conditioned:
     """Conditioned channels of one recording at ``rate`` Hz.
 
-    ``data`` (C, n) float32, standardised, 0 where marked; ``missing`` and ``flat`` (C, n) bool marks;
+    ``data`` (C, n) float32, standardised (or in microvolts, as the Conditioning says), the night's mean
+    (0 once standardised) where marked; ``missing`` and ``flat`` (C, n) bool marks;
     ``notes`` what the user should hear about the recording (e.g. how an odd header was read).
     """
 
@@ -112,7 +114,7 @@ def _mask_at(starts: np.ndarray, ends: np.ndarray, rate_in: float, n_out: int, r
 
 def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: Conditioning,
                      flat_seconds: float = FLAT_SECONDS) -> Conditioned:
-    """Read, mark, filter, resample and standardise ``channels`` of an open recording."""
+    """Read, mark, filter, resample and (if ``cond.standardise``) standardise ``channels`` of an open recording."""
     header = reader.header
     rows, missing_rows, flat_rows = [], [], []
     for ch in channels:
@@ -149,9 +151,10 @@ def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: C
         del kept
         if not std > 0:
             raise InputError(f"{label} is flat; the electrode was probably disconnected", header.path)
-        y -= np.float32(mean)
-        y *= np.float32(1.0 / std)
-        y[~keep] = 0.0
+        if cond.standardise:
+            y -= np.float32(mean)
+            y *= np.float32(1.0 / std)
+        y[~keep] = 0.0 if cond.standardise else np.float32(mean)
         rows.append(y)
         missing_rows.append(miss100)
         flat_rows.append(flat100)

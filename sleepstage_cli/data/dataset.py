@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepstage_cli import __version__
+from sleepstage_cli.conditioning.signals import Conditioning
 from sleepstage_cli.constants import EPOCH_SAMPLES
 from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
 from sleepstage_cli.digests import HashingWriter, file_sha256, is_sha256, last_name, named
@@ -202,6 +203,17 @@ class PreparedDataset:
     @property
     def channels(self) -> tuple[str, ...]:
         return tuple(self.manifest["channel_spec"]["kinds"])
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """How the nights were conditioned: ``.standardise`` (bool) and ``.filters`` ("sleepstage" or
+        "original") among the filter settings. A dataset prepared before those choices existed gets the
+        defaults it was made with (standardised, sleepstage filters)."""
+        try:
+            return Conditioning.from_dict(self.manifest.get("conditioning"))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{MANIFEST} is damaged (its conditioning: {exc}); prepare the dataset again",
+                             self.root) from None
 
     @property
     def subjects(self) -> list[str]:

@@ -22,13 +22,16 @@ from sleepstage_cli.stages import UNSCORED
 class WindowDataset(Dataset):
     """All stride-1 windows of ``seq_len`` epochs within the given nights.
 
-    Windows whose epochs are all unscored are left out. Items are ``(x, y)``: ``x`` float32
+    Windows whose epochs are all unscored are left out; with ``skip_borders`` also those that hold a
+    night's first or last epoch (the multitask net learns an epoch's neighbours, which those lack, and
+    the released code does not train on them). Items are ``(x, y)``: ``x`` float32
     (L, C, 3000) with the selected channels (or (L, C, 29, 129) spectrograms when ``feature_files``
     are given), ``y`` int64 (L + 2,) labels including one neighbour each side.
     """
 
     def __init__(self, root: str | Path, nights: Sequence[NightRecord], seq_len: int,
-                 channel_index: Sequence[int], feature_files: Sequence[Path] | None = None) -> None:
+                 channel_index: Sequence[int], feature_files: Sequence[Path] | None = None,
+                 skip_borders: bool = False) -> None:
         self.root = Path(root)
         self.files = [self.root / n.file for n in nights]
         # Cached spectrograms (N, C, 29, 129) per night, channels already selected (specache.py).
@@ -49,6 +52,8 @@ class WindowDataset(Dataset):
                 continue
             scored = np.convolve((labels >= 0).astype(np.int64), np.ones(self.seq_len, np.int64), mode="valid")
             keep = np.nonzero(scored > 0)[0]
+            if skip_borders:
+                keep = keep[(keep >= 1) & (keep + self.seq_len <= len(labels) - 1)]
             night_ids.append(np.full(keep.size, k, dtype=np.int64))
             starts.append(keep)
         self.night_of = np.concatenate(night_ids) if night_ids else np.zeros(0, np.int64)

@@ -1,7 +1,8 @@
 """``sleepstage prepare``: EDF nights + hypnograms -> a prepared dataset (see dataset.py).
 
 Per night, data flows one way: header -> channels resolved -> hypnogram read, aligned, clipped to
-the signal (and trimmed) -> each channel read, derived, filtered, resampled, standardised -> 30-s
+the signal (and trimmed) -> each channel read, derived, filtered, resampled, standardised (unless the
+options' Conditioning says not to) -> 30-s
 windows cut at the scored onsets -> one night file, whose sha256 (of the bytes as they are written)
 goes into the night's manifest entry. Nights run in worker processes with ``jobs > 1``.
 """
@@ -267,7 +268,8 @@ def open_output(root: Path, manifest: dict, force: bool, dry_run: bool = False) 
         if not isinstance(old, dict) or not isinstance(old.get("nights", []), list):
             raise SleepstageError(f"{MANIFEST} is not a sleepstage dataset manifest; pass --force to rebuild it or "
                                   "choose another folder", root)
-        same = all(old.get(k) == manifest[k] for k in ("format_version", "channel_spec", "conditioning", "options"))
+        same = (all(old.get(k) == manifest[k] for k in ("format_version", "channel_spec", "options"))
+                and _conditioning(old) == manifest["conditioning"])
         if same and not force:
             return old, True
         if not force and old.get("nights"):
@@ -304,6 +306,19 @@ def _own_night_file(root: Path, entry: object) -> Path | None:
     return path
 
 
+def _conditioning(manifest: dict) -> dict | None:
+    """A manifest's conditioning as this version writes it (a dict of an older version gains the defaults
+    it was made with, so its dataset resumes), or None when it is not one."""
+    try:
+        return json.loads(json.dumps(Conditioning.from_dict(manifest.get("conditioning")).to_dict()))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _onoff(value: object) -> str:
+    return "on" if value is True else "off" if value is False else str(value)
+
+
 def _differences(old: dict, new: dict) -> str:
     """Which prepare options differ between two manifests, e.g. "channels eeg,eog,emg -> eeg,eog"."""
     changes = []
@@ -316,7 +331,12 @@ def _differences(old: dict, new: dict) -> str:
         if old.get("options", {}).get(key) != value:
             before = old.get("options", {}).get(key)
             changes.append(f"{key} {'off' if before is None else before} -> {'off' if value is None else value}")
-    if old.get("conditioning") != new["conditioning"]:
+    old_cond, new_cond = _conditioning(old), dict(new["conditioning"])
+    for key in ("standardise", "filters"):  # the choices prepare's options make, by name
+        before, after = (old_cond or {}).pop(key, None), new_cond.pop(key)
+        if old_cond is not None and before != after:
+            changes.append(f"{key} {_onoff(before)} -> {_onoff(after)}")
+    if old_cond != new_cond:
         changes.append("filter settings")
     if old.get("format_version") != new["format_version"]:
         changes.append(f"format version {old.get('format_version')} -> {new['format_version']}")

@@ -26,6 +26,10 @@ class NightScores:
     coverage: np.ndarray  # (N,) number of predictions summed per epoch
     attention: np.ndarray | None  # (N, 29) epoch-level attention weights, if asked and available
     padded: bool  # the night was shorter than one sequence and was padded to score it
+    # With ``positions=True``: each window's own prediction per output position, before aggregation, and
+    # the epoch each position stands for (-1: outside the night), both (W, P); what --select per-position reads.
+    window_stages: np.ndarray | None = None
+    window_epochs: np.ndarray | None = None
 
     @property
     def stages(self) -> np.ndarray:
@@ -61,8 +65,12 @@ def encode_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torc
 
 @torch.no_grad()
 def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
-                batch_size: int = 256, attention: bool = False, amp: bool = False) -> NightScores:
-    """Aggregated log-probabilities for every epoch of one night (model in eval mode)."""
+                batch_size: int = 256, attention: bool = False, amp: bool = False,
+                positions: bool = False) -> NightScores:
+    """Aggregated log-probabilities for every epoch of one night (model in eval mode).
+
+    ``positions``: also keep every window's per-position predictions (``window_stages``, ``window_epochs``).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
@@ -77,14 +85,20 @@ def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch
         acc = torch.zeros(n, 5, dtype=torch.float64, device=device)
         cov = torch.zeros(n, dtype=torch.float64, device=device)
         padded = False
+        stages, epochs = [], []  # per-window predictions and their epochs, kept only with ``positions``
         if kind == "epoch":
             with autocast_for(device, amp):
                 lp = torch.log_softmax(model.classify_sequence(z[None]).float(), -1)[0]
             acc += lp.double()
             cov += 1
+            stages.append(lp.argmax(-1)[:, None])
+            epochs.append(torch.arange(n, device=device)[:, None])
         elif kind == "neighbours":
             with autocast_for(device, amp):
                 lp = torch.log_softmax(model.classify_sequence(z[None]).float(), -1)[0].double()  # (N, 3, 5)
+            stages.append(lp.argmax(-1))
+            around = torch.arange(n, device=device)[:, None] + torch.arange(-1, 2, device=device)[None, :]
+            epochs.append(torch.where((around >= 0) & (around < n), around, -1))
             acc += lp[:, 1]
             cov += 1
             if n > 1:
@@ -102,6 +116,8 @@ def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch
                     lp = torch.log_softmax(model.classify_sequence(z[idx][None]).float(), -1)[0]
                 acc += lp[:n].double()
                 cov += 1
+                stages.append(lp[:n].argmax(-1)[None])
+                epochs.append(torch.arange(n, device=device)[None])
             else:
                 n_windows = n - L + 1
                 offsets = torch.arange(L, device=device)
@@ -112,13 +128,20 @@ def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch
                     with autocast_for(device, amp):
                         lp = torch.log_softmax(model.classify_sequence(z[idx]).float(), -1).double()
                     acc.index_add_(0, idx.reshape(-1), lp.reshape(-1, 5))
+                    if positions:
+                        stages.append(lp.argmax(-1))
+                        epochs.append(idx)
                     cov.index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.float64, device=device))
         log_scores = acc.cpu().numpy()
         coverage = cov.cpu().numpy()
         mean_lp = log_scores / coverage[:, None]
         prob = np.exp(mean_lp - mean_lp.max(axis=1, keepdims=True))
         prob /= prob.sum(axis=1, keepdims=True)
-        return NightScores(log_scores=log_scores, probabilities=prob, coverage=coverage,
-                           attention=None if alpha is None else alpha.cpu().numpy(), padded=padded)
+        out = NightScores(log_scores=log_scores, probabilities=prob, coverage=coverage,
+                          attention=None if alpha is None else alpha.cpu().numpy(), padded=padded)
+        if positions:
+            out.window_stages = torch.cat(stages).cpu().numpy()
+            out.window_epochs = torch.cat(epochs).cpu().numpy()
+        return out
     finally:
         model.train(was_training)

@@ -90,7 +90,7 @@ class SpectrogramFrontEnd(nn.Module):
         Parameters
         ----------
         x : Tensor, shape (..., n_samples)
-            Conditioned signal epochs (standardised, 100 Hz).
+            Conditioned signal epochs (100 Hz; standardised per night unless prepared with --no-standardise).
 
         Returns
         -------

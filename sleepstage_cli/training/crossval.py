@@ -3,7 +3,8 @@
 A run folder (RUN) holds::
 
     crossval.json            what the run is: dataset and nights, training options, split (checked on restart)
-    split.json               the folds (test / validation / training subjects), reusable with --split
+    split.json               the folds (test / validation / training subjects), reusable with --split;
+                             with a reference split, its source and epoch-count comparison too
     crossval.log             one line per event (started, fold resumed, fold done, interrupted...)
     fold-01/model.pt         the fold's model (model.pt.ckpt while it trains; model.train.csv/.json logs)
     fold-01/predictions/     one hypnogram CSV per test night (score's format)
@@ -57,6 +58,7 @@ from sleepstage_cli.training.folds import (
     run_fold,
 )
 from sleepstage_cli.training.jobs import run_parallel
+from sleepstage_cli.training.reference_splits import REFERENCE_SPLITS, is_reference_name, reference_split
 from sleepstage_cli.training.split import CVSplit, load_split, make_split
 from sleepstage_cli.training.train import TrainOptions
 
@@ -72,8 +74,9 @@ _FOLD_DIR = re.compile(r"^fold-\d+$")
 _FLAGS = {"net": "--model", "channels": "--channels", "seq_len": "--seq-len", "epochs": "--epochs",
           "batch_size": "--batch-size", "lr": "--lr", "l2": "--l2", "eval_every": "--eval-every", "seed": "--seed",
           "max_steps": "--max-steps", "rnn": "--rnn", "output": "--output-layer", "dropout": "--dropout",
+          "select": "--select", "preset": "--preset",
           "folds": "--folds", "val_subjects_per_fold": "--val-subjects-per-fold", "test_fraction": "--test-fraction",
-          "file": "--split"}
+          "file": "--split", "reference": "--split"}
 
 
 @dataclass
@@ -97,15 +100,27 @@ def check_options(ds: PreparedDataset, opts: TrainOptions, devices: list[str]) -
 
 def plan_run(dataset: str | Path, run_dir: str | Path, opts: TrainOptions, folds: int = 20,
              val_subjects_per_fold: int | None = None, test_fraction: float | None = None,
-             split_file: str | Path | None = None, devices: list[str] | None = None) -> RunPlan:
-    """Validate everything and make (or read) the split; nothing is written."""
+             split_file: str | Path | None = None, devices: list[str] | None = None,
+             allow_missing: bool = False) -> RunPlan:
+    """Validate everything and make (or read) the split; nothing is written.
+
+    ``split_file`` is a split file, a run folder, or the name of a shipped reference split (when no such
+    path exists); ``allow_missing`` lets a reference split run without the nights the dataset lacks.
+    """
     ds = PreparedDataset(dataset)
     if not ds.nights:
         raise InputError("prepared dataset holds no night", ds.root)
     check_options(ds, opts, devices or [])
     for night in ds.nights:  # a damaged dataset is refused before anything is trained (or cleared)
         ds.open(night)
-    if split_file is not None:
+    if is_reference_name(split_file):
+        split = reference_split(str(split_file), ds, allow_missing)
+    elif allow_missing:
+        raise InputError(f"--allow-missing goes with a reference split (--split {'|'.join(REFERENCE_SPLITS)})")
+    elif split_file is not None:
+        if not Path(split_file).exists():
+            raise InputError(f"split file not found (the reference splits are named "
+                             f"{', '.join(REFERENCE_SPLITS)})", split_file)
         split = load_split(split_file, ds.subjects)
     else:
         split = make_split(ds.subjects, folds, val_subjects_per_fold, opts.seed, test_fraction)
@@ -147,18 +162,28 @@ def describe_difference(old: dict, plan: RunPlan) -> str:
             parts.append(f"{_FLAGS.get(key, key)} {_shown(flat_old.get(key))} (now {_shown(flat_new.get(key))})")
     if old.get("folds") != new["folds"]:
         o_made, n_made = old.get("split_made_by") or {}, plan.split.made_by
-        if ("file" in o_made) != ("file" in n_made):
-            then, now = ("--split " + _shown(o_made.get("file")), "--folds") if "file" in o_made else \
-                ("--folds", "--split " + _shown(n_made.get("file")))
-            named = [f"another split (made by {then} then, by {now} now)"]
+        if _split_kind(o_made) != _split_kind(n_made):
+            named = [f"another split (made by {_made_by(o_made)} then, by {_made_by(n_made)} now)"]
         else:
+            renamed = _made_by(o_made) != _made_by(n_made)  # another file or name: its sha256 differs too
             named = [f"{_FLAGS.get(k, k)} {_shown(o_made.get(k))} (now {_shown(n_made.get(k))})"
-                     for k in sorted(set(o_made) | set(n_made)) if k != "seed" and o_made.get(k) != n_made.get(k)]
+                     for k in sorted(set(o_made) | set(n_made))
+                     if k != "seed" and o_made.get(k) != n_made.get(k) and not (renamed and k == "sha256")]
         if named:
             parts.extend(named)
         elif not parts:
             parts.append("another split of the subjects")
     return "other settings: " + "; ".join(parts) if parts else ""
+
+
+def _split_kind(made: dict) -> str:
+    return next((key for key in ("file", "reference") if key in made), "folds")
+
+
+def _made_by(made: dict) -> str:
+    """How a split was given: ``--split FILE``, ``--split NAME`` (a reference split) or ``--folds``."""
+    kind = _split_kind(made)
+    return "--folds" if kind == "folds" else "--split " + _shown(made[kind])
 
 
 def check_run_dir(plan: RunPlan, force: bool) -> bool:

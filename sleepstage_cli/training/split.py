@@ -4,10 +4,12 @@ Every subject is tested in exactly one fold (a split file may leave some unteste
 reported); within a fold the validation subjects (model selection) and the training subjects are
 drawn from the others, so the nights of one subject are never on two sides.
 
-SeqSleepNet's MASS SS3 protocol (Phan et al. 2019): 20 folds over 62 subjects (3 or 4 test subjects each)
-and a few of the remaining subjects for validation; the original setup holds out 4, our default. On
-small datasets the default shrinks to a tenth of the non-test subjects (at least 1), so that most
-subjects still train.
+SeqSleepNet's paper (Phan et al. 2019) used all 200 MASS subjects (SS1-SS5) in 20 folds of 180 training,
+10 validation and 10 test subjects. To reproduce it, use the authors' own split, shipped with the package
+(``--split mass-paper``; also ``sleepedf-20`` and ``sleepedf-78`` for Sleep-EDF):
+:mod:`sleepstage_cli.training.reference_splits` turns it into this module's folds. The splits made here
+from a seed (``--folds``) keep their defaults: a few of the non-test subjects of each fold validate,
+4, or on small datasets a tenth of the non-test subjects (at least 1), so that most subjects still train.
 """
 
 from __future__ import annotations
@@ -49,20 +51,26 @@ class CVSplit:
     """The folds, how they were made (``made_by``: the options, or the split file) and remarks.
 
     A split file is named in ``made_by`` by its file name and sha256 (``made_by`` is written into the
-    run folder); ``path`` says where it lies, for this process only.
+    run folder); ``path`` says where it lies, for this process only. A shipped reference split is named
+    by its name and sha256; ``reference`` (its source, credit and epoch-count comparison) goes into
+    RUN/split.json.
     """
 
     folds: list[Fold]
     made_by: dict
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
+    reference: dict | None = None
 
     def to_json(self, dataset: dict | str = "") -> dict:
         """The content of RUN/split.json (what ``--split`` reads back); ``dataset`` as
         :meth:`~sleepstage_cli.data.dataset.PreparedDataset.identity` names it."""
         subjects = sorted({s for f in self.folds for s in (*f.test, *f.val, *f.train)})
-        return {"format": SPLIT_FORMAT, "format_version": 1, "sleepstage_version": __version__, "dataset": dataset,
-                "made_by": self.made_by, "subjects": subjects, "folds": [f.to_json() for f in self.folds]}
+        out = {"format": SPLIT_FORMAT, "format_version": 1, "sleepstage_version": __version__, "dataset": dataset,
+               "made_by": self.made_by, "subjects": subjects, "folds": [f.to_json() for f in self.folds]}
+        if self.reference is not None:
+            out["reference"] = self.reference
+        return out
 
 
 def _listing(names: list[str], limit: int = 12) -> str:
@@ -147,7 +155,9 @@ def load_split(path: str | Path, subjects: list[str]) -> CVSplit:
     """Read a split file: ``{"folds": [{"test": [...], "val": [...], "train": [...]}, ...]}``.
 
     ``val`` (or ``validation``) may be left out (no validation: the last weights are kept) and
-    ``train`` too (every other subject). RUN/split.json of an earlier run is such a file.
+    ``train`` too (every other subject). RUN/split.json of an earlier run is such a file; the folds keep
+    its ``fold`` numbers when every fold has a distinct one (a reference split's skipped folds leave gaps),
+    else they are numbered from 1.
     """
     path = Path(path)
     if path.is_dir():
@@ -186,6 +196,9 @@ def load_split(path: str | Path, subjects: list[str]) -> CVSplit:
         if not train:
             raise InputError(f"fold {i} leaves no subject to train on", path)
         folds.append(Fold(i, tuple(sorted(test)), tuple(sorted(val)), tuple(sorted(train))))
+    numbers = [e.get("fold") for e in entries]
+    if all(type(n) is int and n >= 1 for n in numbers) and len(set(numbers)) == len(numbers):
+        folds = [Fold(n, f.test, f.val, f.train) for n, f in zip(numbers, folds)]
     notes = []
     untested = sorted(known - set(tested))
     if untested:

@@ -42,6 +42,11 @@ from sleepstage_cli.spectrograms.frontend import RunningStats
 from sleepstage_cli.stages import STAGES
 
 DEFAULT_SEQ_LEN = {"seqsleepnet": 20, "deepsleepnet": 20, "e2e-arnn": 1, "multitask-arnn": 1}
+# The released code trains the epoch-wise baselines longer and validates them less often (SPEC.md).
+DEFAULT_EPOCHS = {"seqsleepnet": 10, "deepsleepnet": 10, "e2e-arnn": 20, "multitask-arnn": 20}
+DEFAULT_EVAL_EVERY = {"seqsleepnet": 100, "deepsleepnet": 100, "e2e-arnn": 500, "multitask-arnn": 500}
+SELECTIONS = ("aggregated", "per-position")
+PRESETS = ("paper",)
 CHECKPOINT_VERSION = 1
 
 
@@ -56,26 +61,41 @@ class TrainOptions:
     net: str = "seqsleepnet"
     channels: tuple[str, ...] | None = None
     seq_len: int | None = None
-    epochs: int = 10
+    epochs: int | None = None  # None: the network's default (DEFAULT_EPOCHS)
     batch_size: int = 32
     lr: float = 1e-4
     l2: float = 1e-3
-    eval_every: int = 100
+    eval_every: int | None = None  # None: the network's default (DEFAULT_EVAL_EVERY)
     seed: int = 0
     device: str = "auto"
     amp: bool = True
     workers: int | None = None
     max_steps: int | None = None
     hparams: dict = field(default_factory=dict)
+    select: str = "aggregated"  # model selection: see evaluate / evaluate_per_position
+    preset: str | None = None  # recorded only: the preset's choices are already in the other fields
+
+    def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS.get(self.net, 10)
+        if self.eval_every is None:
+            self.eval_every = DEFAULT_EVAL_EVERY.get(self.net, 100)
 
     def resolved_seq_len(self) -> int:
         return int(self.seq_len or DEFAULT_SEQ_LEN.get(self.net, 20))
 
     def fingerprint(self) -> dict:
-        """The options a resumed run must share with the interrupted one (device and workers may change)."""
+        """The options a resumed run must share with the interrupted one (device and workers may change).
+
+        ``select`` and ``preset`` appear only when not the default, so runs of earlier versions still resume.
+        """
         d = asdict(self)
         for k in ("device", "workers", "amp"):
             d.pop(k)
+        if d["select"] == "aggregated":
+            d.pop("select")
+        if d["preset"] is None:
+            d.pop("preset")
         d["seq_len"] = self.resolved_seq_len()
         d["channels"] = list(d["channels"]) if d["channels"] else None
         return d
@@ -166,7 +186,8 @@ class TrainResult:
 def loss_fn(logits: torch.Tensor, y_ctx: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, int]:
     """Cross-entropy summed over the batch and averaged over the L positions; unscored epochs ignored.
 
-    ``y_ctx`` holds L + 2 labels (one neighbour each side); the multitask net learns all three.
+    ``y_ctx`` holds L + 2 labels (one neighbour each side); the multitask net learns all three, its
+    loss the sum over its three heads (as released).
     Returns the loss and the number of labels it covers.
     """
     L = y_ctx.shape[1] - 2
@@ -206,6 +227,27 @@ def check_range(option: str, value: float | None, low: float, high: float | None
         raise InputError(f"{option} must be {finite}{' and '.join(bounds)} (got {_number(value)})")
 
 
+def preset_choices(preset: str, net: str) -> dict:
+    """The options a preset sets (``paper``: the released code's), for a network.
+
+    The dataset-side choices of the released code (no standardisation, optionally its filters) are
+    ``prepare``'s; :func:`check_preset_dataset` refuses a dataset that does not have them.
+    """
+    if preset not in PRESETS:
+        raise InputError(f"--preset takes {' or '.join(PRESETS)}, not {preset!r}")
+    choices = {"select": "per-position"}
+    if net == "seqsleepnet":
+        choices["rnn"] = "bnlstm"  # the released baselines keep their GRU (SPEC.md)
+    return choices
+
+
+def check_preset_dataset(ds: PreparedDataset, opts: TrainOptions) -> None:
+    """Refuse ``--preset paper`` on a dataset prepared with per-night standardisation (the paper had none)."""
+    if opts.preset == "paper" and ds.conditioning.standardise:
+        raise InputError("--preset paper needs a dataset prepared without per-night standardisation, as the "
+                         "published numbers were; prepare it again with --no-standardise", ds.root)
+
+
 def check_values(opts: TrainOptions) -> None:
     """Refuse a training option outside its range (what needs no dataset), naming the option and the range."""
     if opts.net not in NETS:
@@ -219,11 +261,16 @@ def check_values(opts: TrainOptions) -> None:
     check_range("--seed", opts.seed, 0, MAX_SEED)
     check_range("--workers", opts.workers, 0)
     check_range("--dropout", opts.hparams.get("dropout"), 0, 1, high_open=True)
+    if opts.select not in SELECTIONS:
+        raise InputError(f"--select takes {' or '.join(SELECTIONS)}, not {opts.select!r}")
+    if opts.preset is not None and opts.preset not in PRESETS:
+        raise InputError(f"--preset takes {' or '.join(PRESETS)}, not {opts.preset!r}")
 
 
 def check_options(ds: PreparedDataset, opts: TrainOptions) -> tuple[tuple[str, ...], list[int]]:
     """Refuse bad training options (before anything is written); returns the channels used and their index."""
     check_values(opts)
+    check_preset_dataset(ds, opts)
     return channel_index(ds, opts.channels)
 
 
@@ -269,6 +316,34 @@ def evaluate(model: StagingModel, ds: PreparedDataset, nights: list[NightRecord]
         cm += confusion_matrix(np.asarray(rec["label"]), result.stages)
     out = scores(cm)
     out["confusion"] = cm.tolist()
+    return out
+
+
+def evaluate_per_position(model: StagingModel, ds: PreparedDataset, nights: list[NightRecord], index: list[int],
+                          device: torch.device, amp: bool) -> dict:
+    """The released code's selection figure, beside :func:`evaluate`'s pooled metrics.
+
+    ``position_accuracy``: every window's own prediction at each of its output positions, without
+    test-time aggregation, scored against the epoch's label; the mean over positions of each position's
+    accuracy (unscored epochs and positions outside the night left out).
+    """
+    cm = np.zeros((5, 5), dtype=np.int64)
+    correct, counted = None, None
+    for night in nights:
+        rec = ds.open(night)
+        labels = np.asarray(rec["label"])
+        result = score_night(model, np.asarray(rec["x"][:, index], dtype=np.float32), device, amp=amp,
+                             positions=True)
+        cm += confusion_matrix(labels, result.stages)
+        target = np.where(result.window_epochs >= 0, labels[np.maximum(result.window_epochs, 0)], -1)
+        scored = target >= 0
+        hits = ((result.window_stages == target) & scored).sum(axis=0)
+        correct = hits if correct is None else correct + hits
+        counted = scored.sum(axis=0) if counted is None else counted + scored.sum(axis=0)
+    out = scores(cm)
+    out["confusion"] = cm.tolist()
+    per_position = [c / k for c, k in zip(correct, counted) if k > 0]
+    out["position_accuracy"] = float(np.mean(per_position)) if per_position else float("nan")
     return out
 
 
@@ -488,7 +563,8 @@ def _training_windows(opts: TrainOptions, data: _Data, model: StagingModel, devi
             cache.ensure(train_nights, devices.device)
         _barrier(devices.distributed)
     train_set = WindowDataset(ds.root, train_nights, seq_len, index,
-                              feature_files=cache.files(train_nights) if cache else None)
+                              feature_files=cache.files(train_nights) if cache else None,
+                              skip_borders=model.net.aggregation == "neighbours")
     if len(train_set) == 0:
         raise InputError(f"the training nights hold no window of {seq_len} epochs with a scored one", ds.root)
     steps_per_pass = PassBatches(len(train_set), opts.batch_size, opts.seed, 0, 0, devices.rank,
@@ -591,16 +667,30 @@ class _Run:
                "val_accuracy": None, "val_macro_f1": None, "val_kappa": None, "best": False}
         data, devices = self.data, self.devices
         if devices.is_main and data.val_nights:
-            metrics = evaluate(self.model, data.ds, data.val_nights, data.index, devices.device, devices.amp)
-            improved = metrics["accuracy"] > self.best["accuracy"]
+            improved, figure, metrics = self._select()
             if improved:
-                self.best = {"accuracy": metrics["accuracy"], "step": self.step,
+                self.best = {"accuracy": figure, "step": self.step,
                              "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                              "metrics": metrics}
             row.update(val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"],
                        val_kappa=metrics["kappa"], best=improved)
             self.cb.evaluated(self.step, metrics, improved)
         self.log.append(row)
+
+    def _select(self) -> tuple[bool, float, dict]:
+        """Score the validation nights: (better than the best so far, the selection figure, the metrics).
+
+        ``aggregated``: pooled accuracy with test-time aggregation, the earlier checkpoint kept on a tie;
+        ``per-position`` (released code): mean per-position accuracy, ties going to the later checkpoint.
+        """
+        data, devices = self.data, self.devices
+        if self.opts.select == "per-position":
+            metrics = evaluate_per_position(self.model, data.ds, data.val_nights, data.index, devices.device,
+                                            devices.amp)
+            figure = metrics["position_accuracy"]
+            return figure >= self.best["accuracy"], figure, metrics
+        metrics = evaluate(self.model, data.ds, data.val_nights, data.index, devices.device, devices.amp)
+        return metrics["accuracy"] > self.best["accuracy"], metrics["accuracy"], metrics
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint and the CSV log so far (rank 0 only)."""
@@ -709,7 +799,7 @@ def _write_model(run: _Run, t_start: float) -> dict | None:
             "train_epochs_per_stage": train_counts,
             "options": _json_safe(opts.fingerprint()),
             "steps": step, "best_step": best["step"] if val_nights else None,
-            "selection": "best validation accuracy" if val_nights else "last step (no validation subjects)",
+            "selection": (_SELECTION_TEXT[opts.select] if val_nights else "last step (no validation subjects)"),
             "device": str(device), "world_size": world,
             "seconds": round(time.time() - t_start, 1),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -724,6 +814,10 @@ def _write_model(run: _Run, t_start: float) -> dict | None:
                                                  "training": training, "validation": result_val, "log": log}))
         checkpoint_path(output).unlink(missing_ok=True)
     return result_val
+
+
+_SELECTION_TEXT = {"aggregated": "best validation accuracy",
+                   "per-position": "best mean per-position validation accuracy (released code)"}
 
 
 def _stop_everywhere(requested: bool, distributed: bool, device: torch.device) -> bool:

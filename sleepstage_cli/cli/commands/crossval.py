@@ -14,7 +14,7 @@ from rich.table import Table
 
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.cli.app import app, command
-from sleepstage_cli.cli.display import ProgressCallbacks, print_evaluation
+from sleepstage_cli.cli.display import ProgressCallbacks, print_choices, print_evaluation
 from sleepstage_cli.cli.options import (
     AmpOpt,
     BatchSizeOpt,
@@ -28,8 +28,10 @@ from sleepstage_cli.cli.options import (
     MaxStepsOpt,
     ModelOpt,
     OutputLayerOpt,
+    PresetOpt,
     RnnOpt,
     SeedOpt,
+    SelectOpt,
     SeqLenOpt,
     WorkersOpt,
     train_options,
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 _EXAMPLE = """Examples:
 
-  sleepstage crossval ss3-data/ --folds 20 -o run/          (the paper's protocol on MASS SS3)
+  sleepstage crossval ss3-data/ --folds 20 -o run/          (20 folds of the dataset's subjects)
 
   sleepstage crossval ss3-data/ --folds 20 -o run/          (again after a crash or Ctrl-C: resumes)
 
@@ -51,6 +53,10 @@ _EXAMPLE = """Examples:
   sleepstage crossval data/ -o run/ --devices 0,1,2,3        (folds spread over 4 GPUs)
 
   sleepstage crossval data/ -o run2/ --split run/split.json --seed 1    (the same folds, another seed)
+
+  sleepstage crossval sedf-data/ --split sleepedf-20 -o run/    (the authors' Sleep-EDF-20 folds)
+
+  sleepstage crossval mass-raw/ --split mass-paper --preset paper -o paper/   (the paper, as released)
 
   sleepstage crossval data/ -o quick/ --folds 1 --test-fraction 0.2 --max-steps 200
 
@@ -134,8 +140,9 @@ class _FoldProgress(ProgressCallbacks):
 class SequentialMonitor:
     """One fold at a time, in this process: train's own progress display per fold."""
 
-    def __init__(self, eta: Eta) -> None:
+    def __init__(self, eta: Eta, numbered: bool = True) -> None:
         self.eta = eta
+        self.numbered = numbered  # folds 1..N: "fold k/N"; else (a reference split's skipped folds) "fold k"
         self.current: _FoldProgress | None = None
 
     def info(self, text: str) -> None:
@@ -146,9 +153,10 @@ class SequentialMonitor:
 
     def fold_begin(self, fold: Fold, device: str):
         self.eta.begin(fold.index)
-        con.info(f"fold {fold.index}/{self.eta.total}: testing {', '.join(fold.test)}; validation "
+        label = f"fold {fold.index}/{self.eta.total}" if self.numbered else f"fold {fold.index}"
+        con.info(f"{label}: testing {', '.join(fold.test)}; validation "
                  f"{', '.join(fold.val) or 'none'}; {len(fold.train)} training subject(s) ({self.eta.text()})")
-        self.current = _FoldProgress(f"fold {fold.index}/{self.eta.total}", self.eta, fold.index)
+        self.current = _FoldProgress(label, self.eta, fold.index)
         return self.current
 
     def fold_end(self, fold: Fold, summary: dict | None) -> None:
@@ -244,8 +252,26 @@ def _print_split(split: CVSplit, dataset: Path) -> None:
         t.add_row(str(f.index), ", ".join(f.test), str(len(nights_of(ds, list(f.test)))), ", ".join(f.val) or "none",
                   str(len(f.train)))
     con.out.print(t)
+    if split.reference is not None:
+        _print_reference(split.reference)
     for note in split.notes:
         con.warn(note)
+
+
+def _print_reference(ref: dict) -> None:
+    """The nights whose epoch count differs from the reference split's, and a one-line summary."""
+    from sleepstage_cli.training.reference_splits import epoch_summary
+
+    differ = [r for r in ref["epoch_counts"] if r["difference"] != 0]
+    if differ:
+        t = Table(title=f"Epoch counts: {len(differ)} night(s) differ",
+                  title_justify="left")
+        for col in ("night", "dataset id", "split's", "ours", "difference"):
+            t.add_column(col, justify="left" if col in ("night", "dataset id") else "right")
+        for r in differ:
+            t.add_row(r["night"], r["id"], f"{r['split']:,}", f"{r['ours']:,}", f"{r['difference']:+,}")
+        con.out.print(t)
+    con.info(epoch_summary(ref))
 
 
 def _print_folds(result: CrossvalResult) -> None:
@@ -291,8 +317,13 @@ def crossval(
                                                            show_default=False)] = None,
     split: Annotated[Optional[Path], typer.Option("--split", help="Use the folds of this split file (e.g. an "
                                                   "earlier run's split.json, or its run folder) instead of making "
-                                                  "them.",
+                                                  "them; or the authors' published split by name: mass-paper (MASS, "
+                                                  "200 subjects, 20 folds), sleepedf-20 or sleepedf-78 (a name is "
+                                                  "used only when no file or folder of that name exists).",
                                                   show_default=False)] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With a reference split: run without the "
+                                                "split's nights the dataset lacks (each fold says how many; a fold "
+                                                "left without test or training nights is skipped).")] = False,
     split_only: Annotated[bool, typer.Option("--split-only", help="Write RUN/split.json, show the folds and stop "
                                              "(nothing is trained).")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Folds trained side by side, each in its own "
@@ -305,11 +336,11 @@ def crossval(
     model: ModelOpt = "seqsleepnet",
     channels: ChannelsOpt = None,
     seq_len: SeqLenOpt = None,
-    epochs: EpochsOpt = 10,
+    epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 32,
     lr: LrOpt = 1e-4,
     l2: L2Opt = 1e-3,
-    eval_every: EvalEveryOpt = 100,
+    eval_every: EvalEveryOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     amp: AmpOpt = True,
@@ -318,6 +349,8 @@ def crossval(
     rnn: RnnOpt = None,
     output_layer: OutputLayerOpt = None,
     dropout: DropoutOpt = None,
+    select: SelectOpt = None,
+    preset: PresetOpt = None,
 ) -> None:
     """Subject-wise cross-validation: train a model per fold, score its test subjects, pool the metrics.
 
@@ -327,21 +360,26 @@ def crossval(
     same command again after a crash or Ctrl-C: finished folds are kept, the interrupted one resumes
     from its checkpoint; a different command on the same run folder is refused.
     """
+    from sleepstage_cli.data.dataset import PreparedDataset
     from sleepstage_cli.digests import without_folders
     from sleepstage_cli.training.crossval import check_run_dir, plan_run
     from sleepstage_cli.training.crossval import crossval as run_crossval
 
     opts = train_options(model, channels, seq_len, epochs, batch_size, lr, l2, eval_every, seed, device, amp,
-                         workers, max_steps, rnn, output_layer, dropout)
+                         workers, max_steps, rnn, output_layer, dropout, select, preset)
     device_list = _devices(devices)
     n_jobs = jobs if jobs is not None else max(1, len(device_list))
     if n_jobs < 1:
         raise InputError(f"--jobs must be at least 1 (got {n_jobs})")
-    plan = plan_run(dataset, output, opts, folds, val_subjects_per_fold, test_fraction, split, device_list)
+    plan = plan_run(dataset, output, opts, folds, val_subjects_per_fold, test_fraction, split, device_list,
+                    allow_missing=allow_missing)
     check_run_dir(plan, force)  # a refused command says so before anything else
     _print_split(plan.split, dataset)
-    eta = Eta(len(plan.split.folds), 0, min(n_jobs, len(plan.split.folds)))
-    monitor = SequentialMonitor(eta) if n_jobs == 1 else ParallelMonitor(eta)
+    print_choices(opts, PreparedDataset(dataset).conditioning.describe())
+    n_folds = len(plan.split.folds)
+    eta = Eta(n_folds, 0, min(n_jobs, n_folds))
+    numbered = [f.index for f in plan.split.folds] == list(range(1, n_folds + 1))
+    monitor = SequentialMonitor(eta, numbered) if n_jobs == 1 else ParallelMonitor(eta)
     try:
         result = run_crossval(plan, n_jobs, device_list, force=force, split_only=split_only, monitor=monitor,
                               command=shlex.join(["sleepstage", *without_folders(sys.argv[1:])]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -13,6 +13,9 @@ from sleepstage_cli.cli.app import STATE, app, command
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.stages import STAGES
 
+if TYPE_CHECKING:
+    from sleepstage_cli.conditioning.signals import Conditioning
+
 _EXAMPLE = """Examples:
 
   sleepstage prepare mass/SS3/ -o ss3-data --jobs 2
@@ -20,6 +23,8 @@ _EXAMPLE = """Examples:
   sleepstage prepare sleep-cassette/ -o sedf-data --channels eeg,eog
 
   sleepstage prepare lab/ -o lab-data --eeg "C4-M1" --eog "E2-M1 - E1-M1" --emg "Chin1-Chin2"
+
+  sleepstage prepare mass/SS3/ -o ss3-paper --no-standardise --filters original
 
   sleepstage prepare --list-channels night.edf
 """
@@ -41,6 +46,14 @@ def _epoch_length(value: float | None) -> float | None:
         raise typer.BadParameter(f"{value:g} is not an epoch length sleepstage reads: use "
                                  f"{' or '.join(f'{e:g}' for e in sorted(SUPPORTED_EPOCHS))} (seconds)")
     return value
+
+
+def _filters(value: str) -> str:
+    from sleepstage_cli.conditioning.signals import FILTERS
+
+    if value.lower() not in FILTERS:
+        raise typer.BadParameter(f"{value!r} is not a filter design sleepstage knows: use {' or '.join(FILTERS)}")
+    return value.lower()
 
 
 @app.command(epilog=_EXAMPLE)
@@ -77,6 +90,14 @@ def prepare(
              "(default: the name without a trailing night number).", show_default=False)] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Nights prepared in parallel (default: "
                                                 "cores, at most 4).", show_default=False, min=1)] = None,
+    standardise: Annotated[bool, typer.Option(
+        "--standardise/--no-standardise", help="Standardise each night's channels (zero mean, unit SD); "
+        "--no-standardise keeps microvolts, as the published results did. Models trained on the dataset "
+        "repeat the choice when scoring.")] = True,
+    filters: Annotated[str, typer.Option(
+        help="sleepstage (meets the stated bands) or original (the released order-100 FIRs, forwards and "
+             "backwards at each channel's own rate). Models trained on the dataset repeat the choice when "
+             "scoring.", callback=_filters)] = "sleepstage",
     force: Annotated[bool, typer.Option("--force", help="Rebuild an output prepared with other options, or write "
                                         "into a non-dataset folder.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with an error if any night is skipped.")] = False,
@@ -87,8 +108,8 @@ def prepare(
 
     Detects the layout (MASS, Sleep-EDF, or generic pairs such as night.edf + night.csv), reads only
     the channels needed, filters (EEG/EOG 0.3-40 Hz, EMG >10 Hz with 50/60 Hz notches), resamples to
-    100 Hz, standardises each night, and stores 30-s epochs with their stages. Re-running the same
-    command skips nights already prepared.
+    100 Hz, standardises each night (unless --no-standardise), and stores 30-s epochs with their stages.
+    Re-running the same command skips nights already prepared.
     """
     if not sources:
         raise InputError("give at least one EDF file or folder (see --help)")
@@ -98,9 +119,12 @@ def prepare(
     if output is None:
         raise InputError("give the dataset folder to write with -o/--output")
 
+    from sleepstage_cli.conditioning.signals import Conditioning
+
     overrides = _channel_overrides(channel_map, eeg, eog, emg)
+    cond = Conditioning(standardise=standardise, filters=filters)
     nights, skips, opts = _plan(sources, layout, subject_pattern, channels, overrides, trim, trim_minutes, min_hours,
-                                epoch_length)
+                                epoch_length, cond)
     summary = _run(nights, skips, output, opts, jobs, force)
     _report(summary, output, strict)
 
@@ -120,7 +144,7 @@ def _channel_overrides(channel_map: Path | None, eeg: str | None, eog: str | Non
 
 def _plan(sources: list[Path], layout: str, subject_pattern: str | None, channels: str | None,
           overrides: dict[str, tuple[str, ...]], trim: bool | None, trim_minutes: float, min_hours: float | None,
-          epoch_length: float | None):
+          epoch_length: float | None, cond: Conditioning):
     """The nights found (and the files left out) and the PrepareOptions of the layout found; says what was found."""
     from sleepstage_cli.data.prepare import DEFAULT_MIN_HOURS, DEFAULT_TRIM_MINUTES, PrepareOptions
     from sleepstage_cli.io.channels import build_spec, parse_kinds
@@ -131,7 +155,7 @@ def _plan(sources: list[Path], layout: str, subject_pattern: str | None, channel
     spec = build_spec(parse_kinds(channels) if channels else None, preset, overrides)
     trim_on = trim if trim is not None else layout_name in DEFAULT_TRIM_MINUTES
     opts = PrepareOptions(
-        layout=layout_name, spec=spec,
+        layout=layout_name, spec=spec, conditioning=cond,
         trim_wake_minutes=(trim_minutes if trim_on else None),
         min_hours=min_hours if min_hours is not None else DEFAULT_MIN_HOURS.get(layout_name, 0.0),
         epoch_length=epoch_length,
@@ -139,7 +163,7 @@ def _plan(sources: list[Path], layout: str, subject_pattern: str | None, channel
     described = (f"{', '.join(spec.kinds)} ({layout_name} preset)" if preset and not overrides
                  else spec.describe())
     con.info(f"{layout_name} layout: {len(nights)} night(s) found, {len(skips)} file(s) left out; "
-             f"channels {described}")
+             f"channels {described}; {cond.describe()}")
     return nights, skips, opts
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from sleepstage_cli.cli import console as con
 from sleepstage_cli.cli.app import app, command
-from sleepstage_cli.cli.display import ProgressCallbacks
+from sleepstage_cli.cli.display import ProgressCallbacks, print_choices
 from sleepstage_cli.cli.options import (
     AmpOpt,
     BatchSizeOpt,
@@ -24,8 +24,10 @@ from sleepstage_cli.cli.options import (
     MaxStepsOpt,
     ModelOpt,
     OutputLayerOpt,
+    PresetOpt,
     RnnOpt,
     SeedOpt,
+    SelectOpt,
     SeqLenOpt,
     WorkersOpt,
     train_options,
@@ -41,6 +43,8 @@ _EXAMPLE = """Examples:
 
   sleepstage train data/ -o model.pt --resume        (continue an interrupted run)
 
+  sleepstage train raw-data/ -o paper.pt --preset paper   (the released code's choices; see README)
+
   torchrun --nproc_per_node 4 -m sleepstage_cli train data/ -o model.pt   (several GPUs)
 """
 
@@ -53,7 +57,7 @@ def train(
     model: ModelOpt = "seqsleepnet",
     channels: ChannelsOpt = None,
     seq_len: SeqLenOpt = None,
-    epochs: EpochsOpt = 10,
+    epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 32,
     lr: LrOpt = 1e-4,
     l2: L2Opt = 1e-3,
@@ -61,7 +65,7 @@ def train(
                                                         show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of subjects held out for validation when "
                                                 "--val-subjects is not given (0: none, keep the last weights).")] = 0.1,
-    eval_every: EvalEveryOpt = 100,
+    eval_every: EvalEveryOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     amp: AmpOpt = True,
@@ -70,6 +74,8 @@ def train(
     rnn: RnnOpt = None,
     output_layer: OutputLayerOpt = None,
     dropout: DropoutOpt = None,
+    select: SelectOpt = None,
+    preset: PresetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")]
     = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file or checkpoint.")] = False,
@@ -79,10 +85,12 @@ def train(
     Validation is by subject (no subject's nights on both sides); the checkpoint with the best validation
     accuracy is kept. A training log (CSV and JSON) is written beside the model.
     """
+    from sleepstage_cli.data.dataset import PreparedDataset
     from sleepstage_cli.training.train import train_model
 
     opts = train_options(model, channels, seq_len, epochs, batch_size, lr, l2, eval_every, seed, device, amp,
-                         workers, max_steps, rnn, output_layer, dropout)
+                         workers, max_steps, rnn, output_layer, dropout, select, preset)
+    print_choices(opts, PreparedDataset(dataset).conditioning.describe())
     vals = [v.strip() for v in val_subjects.split(",") if v.strip()] if val_subjects else None
     cb = ProgressCallbacks()
     try:

@@ -125,6 +125,10 @@ class DeepSleepNet(StagingNet):
         self.sum_dropout = nn.Dropout(dropout)
         self.output = nn.Linear(width, n_classes)
 
+    def regularised_parameters(self) -> list[nn.Parameter]:
+        """The first convolution of each branch: Supratak's code puts its weight decay (1e-3) there only."""
+        return [self.small[0].weight, self.large[0].weight]
+
     def encode_epochs(self, x: torch.Tensor, return_attention: bool = False) -> torch.Tensor:
         """CNN features ``(B, L, out_features)`` (3072 at 100 Hz) from raw epochs ``(B, L, C, n_samples)``."""
         if return_attention:

@@ -133,6 +133,29 @@ def test_pooled_metrics_equal_evaluate_on_the_saved_csvs(resumed: dict, tmp_path
     assert "Per fold" in resumed["again"].stdout and "Agreement over 6 night(s)" in resumed["again"].stdout
 
 
+def test_folds_csv_records_each_folds_calibration(resumed: dict) -> None:
+    """Each fold's T and validation ECE before/after (from its model file), and its test nights' ECE."""
+    import csv
+
+    from sleepstage_cli.model.modelfile import load_model
+
+    run = resumed["run"]
+    with open(run / "folds.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3
+    for row in rows:
+        fold_dir = run / f"fold-{int(row['fold']):02d}"
+        loaded = load_model(fold_dir / "model.pt")
+        cal = loaded.meta["calibration"]
+        assert float(row["temperature"]) == pytest.approx(loaded.temperature) == pytest.approx(cal["temperature"])
+        assert float(row["val_ece_before"]) == pytest.approx(cal["ece_before"])
+        assert float(row["val_ece_after"]) == pytest.approx(cal["ece_after"])
+        assert cal["nll_after"] <= cal["nll_before"]
+        test_ece = json.loads((fold_dir / "metrics.json").read_text())["pooled"]["ece"]
+        assert float(row["ece"]) == pytest.approx(test_ece)
+    assert "val. ECE" in resumed["again"].stdout
+
+
 def test_a_different_command_is_refused_and_nothing_changes(resumed: dict) -> None:
     run = resumed["run"]
     before = snapshot(run)

@@ -26,8 +26,8 @@ def sleep_edf_pair(foreign, tmp_path: Path) -> Path:
     return tmp_path / "sedf"
 
 
-def test_sleep_edf_default_spec_refuses_the_1hz_emg(sleep_edf_pair: Path, tmp_path: Path) -> None:
-    proc = run_cli("prepare", sleep_edf_pair, "-o", tmp_path / "out")
+def test_sleep_edf_asked_for_emg_refuses_the_1hz_emg(sleep_edf_pair: Path, tmp_path: Path) -> None:
+    proc = run_cli("prepare", sleep_edf_pair, "-o", tmp_path / "out", "--channels", "eeg,eog,emg")
     assert_clean_error(proc, "SC4001E0-PSG.edf", "EMG submental", "1 Hz", "--channels eeg,eog")
     assert not list((tmp_path / "out").glob("nights/*.npy"))
 
@@ -48,11 +48,13 @@ def test_sleep_edf_eeg_eog_untrimmed_gives_ten_wake_epochs(sleep_edf_pair: Path,
     assert manifest["nights"][0]["channels"]["eeg"]["expression"] == "EEG Fpz-Cz"
 
 
-def test_sleep_edf_default_trimming_skips_with_reason(sleep_edf_pair: Path, tmp_path: Path) -> None:
+def test_sleep_edf_default_trimming_keeps_a_wake_excerpt_and_says_so(sleep_edf_pair: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = run_cli("prepare", sleep_edf_pair, "-o", out, "--channels", "eeg,eog")
-    assert_clean_error(proc, "SC4001E0-PSG.edf", "no sleep epoch", "within the signal")
-    assert not list(out.glob("nights/*.npy"))  # no empty night written
+    proc = run_cli("prepare", sleep_edf_pair, "-o", out)  # the preset's defaults: EEG+EOG, wake trimmed
+    assert proc.returncode == 0, proc.stderr
+    assert "no sleep epoch lies within the signal, so no wake was trimmed: all 10 epoch(s)" in proc.stderr
+    rec = PreparedDataset(out).open("SC4001")
+    assert rec["label"].tolist() == [0] * 10 and rec["x"].shape == (10, 2, 3000)
 
 
 def test_hmc_style_aasm_hypnogram(foreign) -> None:

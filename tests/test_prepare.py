@@ -61,8 +61,8 @@ def _truth(folder: Path) -> dict:
 ROUND_TRIPS = [
     ("mass-ss3", ["--min-hours", "0"], None, ("eeg", "eog", "emg")),
     ("mass-ss2", ["--min-hours", "0"], None, ("eeg", "eog", "emg")),
-    ("sedf-sc", ["--channels", "eeg,eog"], 30.0, ("eeg", "eog")),
-    ("sedf-st", ["--no-trim"], None, ("eeg", "eog", "emg")),
+    ("sedf-sc", [], 30.0, ("eeg", "eog")),  # the Sleep-EDF preset's default: EEG+EOG (issue 14)
+    ("sedf-st", ["--no-trim", "--channels", "eeg,eog,emg"], None, ("eeg", "eog", "emg")),
     ("generic", ["--channel-map", "{folder}/channels.toml"], None, ("eeg", "eog", "emg")),
 ]
 

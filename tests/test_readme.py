@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +54,27 @@ def test_readme_commands_run_as_written(tmp_path: Path, index: int) -> None:
         assert (tmp_path / "demo" / "hypnogram.csv").exists()
         assert (tmp_path / "demo" / "hypnogram.report.html").exists()
     else:
-        for produced in ("scored/01-03-0006.csv", "scored/01-03-0006.report.html", "evaluation/report.html",
+        for produced in ("scored/01-03-0007.csv", "scored/01-03-0007.report.html", "evaluation/report.html",
                          "evaluation/metrics.json", "cv-run/evaluation/report.html"):
             assert (tmp_path / produced).exists(), produced
+        # The night scored and evaluated was neither trained nor validated on (issue 14).
+        training = json.loads((tmp_path / "model.train.json").read_text())["training"]
+        seen = training["train_nights"] + training["val_nights"]
+        assert "01-03-0006" in seen
+        evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+        assert [n["night"] for n in evaluated["per_night"]] == ["01-03-0007"]
+        assert "01-03-0007" not in seen
+    _assert_ignored_by_git(tmp_path)
+
+
+def _assert_ignored_by_git(folder: Path) -> None:
+    """Everything the README's commands wrote is in the project's .gitignore (run from the project's root)."""
+    written = sorted(p.name for p in folder.iterdir())
+    shutil.copyfile(README.with_name(".gitignore"), folder / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(folder)], check=True, capture_output=True)
+    for name in written:
+        proc = subprocess.run(["git", "check-ignore", "-q", name], cwd=folder, capture_output=True)
+        assert proc.returncode == 0, f"the README's commands write {name}, which .gitignore does not list"
 
 
 def test_every_option_the_readme_names_exists() -> None:

@@ -223,7 +223,7 @@ def test_night_review_tables(night: dict, night_html: str) -> None:
     assert len(rows) == min(len(expected), MAX_REVIEW_RUNS)
     assert set(got) <= set(expected) and got == sorted(got)
     for (a, b), row in zip(got, rows):
-        label = str(a + 1) if a == b else f"{a + 1}–{b + 1}"
+        label = str(a) if a == b else f"{a}–{b}"  # the hypnogram CSV's epoch numbers, from 0
         assert row["cells"][0]["text"] == label
         mins = [c for c in row["cells"] if c["attrs"].get("data-field") == "min_confidence"]
         check_cell(mins[0], float(np.min(conf[a:b + 1])))

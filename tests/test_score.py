@@ -37,7 +37,7 @@ def test_held_out_night_end_to_end(trained, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns) == ["epoch", "onset_s", "stage", "p_W", "p_N1", "p_N2", "p_N3", "p_REM", "confidence",
-                                "flag"]
+                                "flag", "clock_time"]
     onsets = np.asarray(truth["onsets"])
     stages = np.asarray(truth["stages"])
     assert len(df) == len(onsets)  # one row per scored epoch, onsets as the hypnogram has them

@@ -99,7 +99,7 @@ def test_l2_is_half_the_squared_norm_of_the_weights(rnn: str) -> None:
         if "filterbank" in name or leaf.startswith("bias") or owner in norm_modules:
             continue
         expected += 0.5 * float((p.detach().double() ** 2).sum())
-    assert math.isclose(float(l2_penalty(model)), expected, rel_tol=1e-5)
+    assert math.isclose(float(l2_penalty(model).detach()), expected, rel_tol=1e-5)
 
 
 def test_deepsleepnet_decays_only_its_first_convolutions() -> None:

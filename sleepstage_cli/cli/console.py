@@ -1,4 +1,8 @@
-"""Terminal output: one rich console for results (stdout), one for messages and progress (stderr)."""
+"""Terminal output: one rich console for results (stdout), one for messages and progress (stderr).
+
+Warnings and notes wrap at spaces to a terminal's width (a terminal itself would cut them mid-word); written
+to a file or a pipe they stay one line each, for grep. Errors are always one line.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +28,11 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=not err.is_terminal)
 
 
 def info(message: str) -> None:
-    err.print(escape(message), soft_wrap=True)
+    err.print(escape(message), soft_wrap=not err.is_terminal)
 
 
 def progress(transient: bool = False) -> Progress:

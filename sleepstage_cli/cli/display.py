@@ -94,6 +94,9 @@ def print_evaluation(ev: Evaluation) -> None:
                              ("macro-F1 (%)", "macro_f1", "frac"), ("mean sensitivity (%)", "mean_sensitivity", "frac"),
                              ("mean specificity (%)", "mean_specificity", "frac")):
         t.add_row(label, _f(p[key], unit), f"{_f(s[key]['mean'], unit)} ± {_f(s[key]['sd'], unit)}")
+    if "ece" in p and "ece" in s:  # predictions with probabilities (evaluation/calibration.py)
+        t.add_row("calibration error, ECE (%)", _f(p["ece"], "frac"),
+                  f"{_f(s['ece']['mean'], 'frac')} ± {_f(s['ece']['sd'], 'frac')}")
     con.out.print(t)
 
     t = Table(title="Per stage (pooled)", title_justify="left")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sleepstage_cli.conditioning.levels import two_level_share
 from sleepstage_cli.conditioning.signals import EPOCH_SAMPLES, Conditioning, condition, filter_reach
 from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.channels import ResolvedChannel
@@ -29,7 +30,11 @@ class Conditioned:
 
     ``data`` (C, n) float32, standardised (or in microvolts, as the Conditioning says), the night's mean
     (0 once standardised) where marked; ``missing`` and ``flat`` (C, n) bool marks;
-    ``notes`` what the user should hear about the recording (e.g. how an odd header was read).
+    ``notes`` what the user should hear about the recording (e.g. how an odd header was read);
+    ``amplitudes`` each channel's standard deviation before standardisation, in microvolts (the signal's
+    own unit when it is not a voltage), over its recorded samples: the fit check compares it with the
+    training nights'; ``levels`` each channel's :func:`~sleepstage_cli.conditioning.levels.two_level_share`
+    as read (a square wave: near 1).
     """
 
     data: np.ndarray
@@ -38,6 +43,8 @@ class Conditioned:
     rate: float
     channels: list[ResolvedChannel]
     notes: list[str] = field(default_factory=list)
+    amplitudes: list[float] = field(default_factory=list)
+    levels: list[float | None] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -112,11 +119,26 @@ def _mask_at(starts: np.ndarray, ends: np.ndarray, rate_in: float, n_out: int, r
     return mask
 
 
+def _unusable(x: np.ndarray, flat_lo: np.ndarray, flat_seconds: float) -> str:
+    """What a channel is when none of it is usable: no recorded sample, flat (one value), or a signal
+    that holds each of a few values for ``flat_seconds`` or longer (a square wave or other test signal)."""
+    if not flat_lo.size:
+        return "is without any recorded sample in the whole recording; the electrode was probably disconnected"
+    levels = np.unique(x[flat_lo])
+    if levels.size == 1:
+        return "is flat (all samples equal) in the whole recording; the electrode was probably disconnected"
+    uv = [f"{round(float(v), 1):g}" for v in levels]
+    shown = " and ".join(uv) if len(uv) <= 3 else f"{uv[0]} to {uv[-1]}"
+    return (f"holds each of only {levels.size} values ({shown} µV) for {flat_seconds:g} s or longer at a time: a "
+            "square wave or other test signal, not a physiological one; nothing is left to stage once such "
+            "constant stretches are masked")
+
+
 def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: Conditioning,
                      flat_seconds: float = FLAT_SECONDS) -> Conditioned:
     """Read, mark, filter, resample and (if ``cond.standardise``) standardise ``channels`` of an open recording."""
     header = reader.header
-    rows, missing_rows, flat_rows = [], [], []
+    rows, missing_rows, flat_rows, amplitudes, levels = [], [], [], [], []
     for ch in channels:
         label = f"{ch.kind.upper()} {ch.expression!r}"
         x = reader.read(ch.plus)
@@ -127,11 +149,10 @@ def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: C
             x = _timeline(x, rate, ch.plus.samples_per_record, header.onsets)
         miss_lo, miss_hi = _runs(~np.isfinite(x))
         flat_lo, flat_hi = _flat_intervals(x, max(2, int(flat_seconds * rate)))
+        levels.append(two_level_share(x))  # as read: before flat stretches are filled and the edges filtered
         bad = int((miss_hi - miss_lo).sum() + (flat_hi - flat_lo).sum())
         if bad >= x.size:
-            what = "flat (all samples equal)" if flat_lo.size else "without any recorded sample"
-            raise InputError(f"{label} is {what} in the whole recording; the electrode was probably disconnected",
-                             header.path)
+            raise InputError(f"{label} {_unusable(x, flat_lo, flat_seconds)}", header.path)
         if bad:
             for a, b in zip(flat_lo, flat_hi):
                 x[a:b] = np.nan
@@ -156,9 +177,10 @@ def load_conditioned(reader: EdfReader, channels: list[ResolvedChannel], cond: C
             y *= np.float32(1.0 / std)
         y[~keep] = 0.0 if cond.standardise else np.float32(mean)
         rows.append(y)
+        amplitudes.append(std)
         missing_rows.append(miss100)
         flat_rows.append(flat100)
     n = min(r.size for r in rows)  # channels of different native rates can differ by a sample
     return Conditioned(data=np.stack([r[:n] for r in rows]), missing=np.stack([m[:n] for m in missing_rows]),
                        flat=np.stack([f[:n] for f in flat_rows]), rate=cond.rate, channels=list(channels),
-                       notes=list(reader.warnings))
+                       notes=list(reader.warnings), amplitudes=amplitudes, levels=levels)

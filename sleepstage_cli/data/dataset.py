@@ -378,6 +378,24 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def refuse_if_locked(root: Path) -> None:
+    """Raise exclusive_lock's "another sleepstage run" error when another process holds ``root/.lock`` now."""
+    lock_path = root / ".lock"
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise SleepstageError(f"another sleepstage run (pid {owner}) is writing to this folder; "
+                                  "wait for it to finish or choose another output", root) from None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive_lock(root: Path) -> Iterator[None]:
     """Hold ``root/.lock`` for the whole run; a second writer is refused at once."""

@@ -33,6 +33,7 @@ from sleepstage_cli.data.dataset import (
     new_manifest,
     night_dtype,
     read_journal,
+    refuse_if_locked,
     save_manifest,
     write_night,
 )
@@ -155,11 +156,11 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
                          f"({header.duration:g} s); is it this night's hypnogram?", src.psg)
     if opts.trim_wake_minutes is not None:
         trimmed = trim_wake(kept, opts.trim_wake_minutes)
-        if trimmed is None:
-            raise InputError(f"no sleep epoch of {src.hypnogram.name} lies within the signal, so there is no "
-                             f"night to keep around it (wake trimming to {opts.trim_wake_minutes:g} min; "
-                             "--no-trim keeps every epoch)", src.psg)
-        kept = trimmed
+        if trimmed is None:  # an excerpt of wake: nothing to trim around, and nothing to drop
+            result.warnings.append(f"{src.hypnogram.name}: no sleep epoch lies within the signal, so no wake was "
+                                   f"trimmed: all {len(kept)} epoch(s) there are kept")
+        else:
+            kept = trimmed
     if not (kept.stages >= 0).any():
         result.warnings.append(f"{src.hypnogram.name}: every kept epoch is unscored")
 
@@ -201,7 +202,10 @@ def _prepare_night(src: NightSource, opts: PrepareOptions, out_root: Path, resul
         "epoch_length": kept.epoch_length,
         "window_offset": window_offset,
         "first_onset": float(kept.onsets[0]),
-        "channels": {ch.kind: {"expression": ch.expression, "rate": ch.sampling_rate} for ch in channels},
+        # unit and amplitude (std before standardisation, uV): what a model's fit check compares recordings with
+        "channels": {ch.kind: {"expression": ch.expression, "rate": ch.sampling_rate, "unit": ch.plus.unit.strip(),
+                               "amplitude": round(float(amp), 4)}
+                     for ch, amp in zip(channels, signals.amplitudes)},
         "warnings": list(result.warnings),
     }
 
@@ -354,7 +358,11 @@ def run_prepare(nights: list[NightSource], skips: list[Skip], root: Path, opts: 
     A full disk stops the run with a DiskFullError, keeping the nights finished.
     """
     fresh = new_manifest(opts.spec.to_dict(), opts.conditioning.to_dict(), opts.to_dict())
-    open_output(root, fresh, force, dry_run=True)  # refuse before anything is written or locked
+    try:
+        open_output(root, fresh, force, dry_run=True)  # refuse before anything is written or locked
+    except SleepstageError:
+        refuse_if_locked(root)  # what looked foreign may be a run starting right now: say that instead
+        raise
     with exclusive_lock(root):
         _fold_journal(root)  # the nights a killed run finished
         # Decided again under the lock: nothing is deleted while another run is writing here.

@@ -27,10 +27,17 @@ import numpy as np
 from sleepstage_cli import __version__
 from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset
 from sleepstage_cli.errors import InputError, SleepstageError
+from sleepstage_cli.evaluation.calibration import evaluation_calibration
 from sleepstage_cli.evaluation.metrics import agreement, scores, summarise_nights
 from sleepstage_cli.evaluation.sleepstats import sleep_statistics, statistics_agreement
 from sleepstage_cli.io.edf import read_header
-from sleepstage_cli.io.hypnogram import TABLE_SUFFIXES, Hypnogram, has_stage_annotations, read_hypnogram
+from sleepstage_cli.io.hypnogram import (
+    TABLE_SUFFIXES,
+    Hypnogram,
+    has_stage_annotations,
+    read_hypnogram,
+    refuse_other_recording,
+)
 from sleepstage_cli.io.layout import folder_files, pairing_key
 from sleepstage_cli.stages import N_CLASSES, STAGES
 
@@ -200,14 +207,21 @@ def dataset_hypnogram(dataset: PreparedDataset, night_id: str) -> Hypnogram:
                      epoch_length=float(night.meta.get("epoch_length", 30.0)), source=source)
 
 
-def load_pairs(pairing: Pairing, epoch_length: float | None = None) -> Iterator[tuple[str, Hypnogram, Hypnogram]]:
-    """Read each pair: ``(night, predicted, reference)``; ``epoch_length`` for tables without durations."""
+def load_pairs(pairing: Pairing, epoch_length: float | None = None,
+               ignore_start: bool = False) -> Iterator[tuple[str, Hypnogram, Hypnogram]]:
+    """Read each pair: ``(night, predicted, reference)``; ``epoch_length`` for tables without durations.
+
+    A pair whose files start more than a day apart (when both say when they start: an EDF header, or
+    the ``clock_time`` column of ``score``'s CSV) is refused unless ``ignore_start``.
+    """
     for pair in pairing.pairs:
         predicted = read_hypnogram(pair.pred, epoch_length)
         if pair.ref_night is not None and pairing.dataset is not None:
             reference = dataset_hypnogram(pairing.dataset, pair.ref_night)
         else:
             reference = read_hypnogram(pair.ref, epoch_length)
+        if not ignore_start:
+            refuse_other_recording(pair.pred, predicted.start, pair.ref, reference.start)
         yield pair.night, predicted, reference
 
 
@@ -311,11 +325,15 @@ class NightResult:
     ref_codes: np.ndarray
     pred_codes: np.ndarray
     notes: list[str] = field(default_factory=list)
+    pred_onsets: np.ndarray | None = None
+    """Prediction onsets (s) of the matched epochs (where their probabilities are looked up)."""
 
     def row(self) -> dict:
         """Flat per-night figures: ``night``, counts, :data:`NIGHT_METRICS`, ``<STAGE>_<metric>``."""
         out: dict = {"night": self.night, **self.counts}
         out.update({k: self.metrics[k] for k in NIGHT_METRICS})
+        if "ece" in self.metrics:  # the prediction carries probabilities (evaluation/calibration.py)
+            out["ece"] = self.metrics["ece"]
         for s in STAGES:
             out.update({f"{s}_{m}": self.metrics["per_class"][s][m] for m in CLASS_METRICS})
         return out
@@ -365,7 +383,8 @@ def evaluate_night(night: str, pred: Hypnogram, ref: Hypnogram, tolerance: float
                        ref_source=str(ref.source) if ref.source else None, epoch_length=float(ref.epoch_length),
                        counts=counts, metrics=metrics, pred_stats=sleep_statistics(ps, ref.epoch_length),
                        ref_stats=sleep_statistics(rs, ref.epoch_length), onsets=np.asarray(ref.onsets)[m.ref_index],
-                       ref_codes=r.astype(np.int8), pred_codes=p.astype(np.int8), notes=notes)
+                       ref_codes=r.astype(np.int8), pred_codes=p.astype(np.int8), notes=notes,
+                       pred_onsets=np.asarray(pred.onsets, np.float64)[m.pred_index])
 
 
 @dataclass
@@ -404,7 +423,9 @@ class Evaluation:
     def report_dict(self) -> dict:
         """The dict :func:`sleepstage_cli.report.html.evaluation_report_html` takes."""
         return {"title": self.title, "pooled": self.pooled, "per_night": [n.row() for n in self.nights],
-                "summary": self.summary, "stats_agreement": self.stats_agreement, "notes": self.notes}
+                "summary": self.summary, "stats_agreement": self.stats_agreement, "notes": self.notes,
+                "hypnograms": [{"night": n.night, "onsets": n.onsets, "pred": n.pred_codes, "ref": n.ref_codes,
+                                "epoch_length": n.epoch_length} for n in self.nights]}
 
 
 def pooled_scores(nights: Iterable[NightResult]) -> dict:
@@ -437,7 +458,12 @@ def evaluate_pairs(pairs: Iterable[tuple[str, Hypnogram, Hypnogram]],
     if matched > pooled["n"]:
         notes.append(f"{matched - pooled['n']} of {matched} matched epochs do not count: {u_ref} unscored in the "
                      f"reference, {u_pred} unscored in the prediction ('?')")
-    return Evaluation(nights=nights, pooled=pooled, summary=summarise_nights([n.row() for n in nights], SUMMARY_KEYS),
+    calibration, calibration_notes = evaluation_calibration(nights)  # predictions with p_W..p_REM: ece
+    notes += calibration_notes
+    if calibration is not None:
+        pooled["ece"], pooled["calibration"] = calibration["ece"], calibration
+    keys = SUMMARY_KEYS + (("ece",) if calibration is not None else ())
+    return Evaluation(nights=nights, pooled=pooled, summary=summarise_nights([n.row() for n in nights], keys),
                       stats_agreement=statistics_agreement([n.pred_stats for n in nights],
                                                            [n.ref_stats for n in nights]),
                       tolerance=float(tolerance), notes=notes)
@@ -464,15 +490,16 @@ def name_sources(ev: Evaluation, pred: str | Path, ref: str | Path) -> None:
 
 def evaluate_paths(pred: str | Path, ref: str | Path, tolerance: float = DEFAULT_TOLERANCE,
                    epoch_length: float | None = None,
-                   on_night: Callable[[NightPair], None] | None = None) -> Evaluation:
+                   on_night: Callable[[NightPair], None] | None = None, ignore_start: bool = False) -> Evaluation:
     """Pair, read and evaluate (what ``sleepstage evaluate PRED REF`` does before writing).
 
-    ``on_night`` is called after each pair is read (progress display).
+    ``on_night`` is called after each pair is read (progress display); ``ignore_start`` pairs files that
+    start more than a day apart (see :func:`load_pairs`).
     """
     pairing = pair_nights(pred, ref)
 
     def loaded() -> Iterator[tuple[str, Hypnogram, Hypnogram]]:
-        for pair, item in zip(pairing.pairs, load_pairs(pairing, epoch_length)):
+        for pair, item in zip(pairing.pairs, load_pairs(pairing, epoch_length, ignore_start)):
             yield item
             if on_night:
                 on_night(pair)

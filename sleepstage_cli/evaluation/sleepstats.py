@@ -23,6 +23,8 @@ class StatField(NamedTuple):
     description: str
     group: str
     """``"summary"`` (the statistics table) or ``"stage"`` (the time-per-stage table)."""
+    label: str = ""
+    """What a report calls it, in plain words (``"Number of awakenings"``, not ``N_awakenings``)."""
 
 
 _STAGE_CODES: dict[str, int] = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "REM": 4}
@@ -39,12 +41,20 @@ STAT_FIELDS: tuple[StatField, ...] = (
     StatField("SE", "%", "Sleep efficiency: TST / TIB", "summary"),
     StatField("SME", "%", "Sleep maintenance efficiency: TST / SPT", "summary"),
     StatField("Lat_REM", "min", "REM latency: sleep onset to the start of the first REM epoch", "summary"),
+    StatField("Lat_N1", "min", "Latency to N1: start of the scored period (lights off when known) to the start of "
+              "the first N1 epoch", "summary"),
+    StatField("Lat_N2", "min", "Latency to N2: start of the scored period (lights off when known) to the start of "
+              "the first N2 epoch", "summary"),
+    StatField("Lat_N3", "min", "Latency to N3: start of the scored period (lights off when known) to the start of "
+              "the first N3 epoch", "summary"),
+    StatField("Lat_REM_LO", "min", "Latency to REM: start of the scored period (lights off when known) to the "
+              "start of the first REM epoch", "summary"),
     StatField("N_awakenings", "count", "Awakenings: runs of one or more consecutive W epochs within the SPT "
               "(unscored epochs skipped)", "summary"),
     StatField("N_stage_shifts", "count", "Stage shifts: changes of stage between consecutive scored epochs "
               "over the whole period (unscored epochs skipped)", "summary"),
     StatField("Unscored", "min", "Unscored epochs over the whole period", "summary"),
-    StatField("Unscored_SPT", "min", "Unscored epochs within the SPT (SPT = TST + WASO + Unscored_SPT)",
+    StatField("Unscored_SPT", "min", "Unscored epochs within the SPT (so SPT = TST + WASO + this)",
               "summary"),
     StatField("W", "min", "Wake over the whole scored period (wake within the SPT is WASO)", "stage"),
     StatField("N1", "min", "Stage N1", "stage"),
@@ -60,7 +70,22 @@ STAT_FIELDS: tuple[StatField, ...] = (
 )
 """Every field :func:`sleep_statistics` returns, in display order."""
 
+_LABELS: dict[str, str] = {
+    "TIB": "Time in bed (TIB)", "SPT": "Sleep period time (SPT)", "TST": "Total sleep time (TST)",
+    "SOL": "Sleep onset latency (SOL)", "WASO": "Wake after sleep onset (WASO)", "SE": "Sleep efficiency (SE)",
+    "SME": "Sleep maintenance efficiency", "Lat_REM": "REM latency from sleep onset",
+    "Lat_N1": "Latency to N1", "Lat_N2": "Latency to N2", "Lat_N3": "Latency to N3", "Lat_REM_LO": "Latency to REM",
+    "N_awakenings": "Number of awakenings", "N_stage_shifts": "Number of stage shifts",
+    "Unscored": "Time not scored", "Unscored_SPT": "Time not scored within the sleep period",
+    "W": "Wake", "N1": "N1", "N2": "N2", "N3": "N3", "REM": "REM", "NREM": "NREM (N1 + N2 + N3)",
+    "%N1": "N1, share of total sleep", "%N2": "N2, share of total sleep", "%N3": "N3, share of total sleep",
+    "%REM": "REM, share of total sleep", "%NREM": "NREM, share of total sleep",
+}
+STAT_FIELDS = tuple(f._replace(label=_LABELS[f.name]) for f in STAT_FIELDS)
+
 FIELD_BY_NAME: dict[str, StatField] = {f.name: f for f in STAT_FIELDS}
+PLAIN_LABELS: dict[str, str] = {f.name: f.label for f in STAT_FIELDS}
+"""Field name -> the words a report shows for it; the names themselves stay the keys of machine-readable files."""
 
 
 def _as_codes(stages: np.ndarray) -> np.ndarray:
@@ -106,6 +131,8 @@ def sleep_statistics(stages: np.ndarray, epoch_length: float = 30.0) -> dict[str
         - ``SE`` = 100 TST / TIB (unscored time stays in TIB); ``SME`` = 100 TST / SPT;
         - ``Lat_REM``: first REM epoch minus sleep onset (AASM; YASA's ``Lat_REM`` counts from the
           start instead), NaN without REM;
+        - ``Lat_N1``, ``Lat_N2``, ``Lat_N3``, ``Lat_REM_LO``: the start of the scored period (lights off,
+          when the caller cuts the hypnogram there) to the first epoch of that stage, NaN without one;
         - ``N1``..``REM``, ``NREM`` minutes and ``%N1``..``%NREM`` as % of TST;
         - ``N_awakenings``: runs of >= 1 consecutive W epoch within the SPT, after dropping unscored
           epochs (so W ? W is one awakening);
@@ -149,6 +176,9 @@ def sleep_statistics(stages: np.ndarray, epoch_length: float = 30.0) -> dict[str
         out[f"%{name}"] = _pct(out[name], tst)
     rem_idx = np.flatnonzero(hyp == 4)
     out["Lat_REM"] = (int(rem_idx[0]) - onset) * ep_min if rem_idx.size else math.nan
+    for name, key in (("N1", "Lat_N1"), ("N2", "Lat_N2"), ("N3", "Lat_N3"), ("REM", "Lat_REM_LO")):
+        first = np.flatnonzero(hyp == _STAGE_CODES[name])
+        out[key] = int(first[0]) * ep_min if first.size else math.nan
     # The SPT starts and ends with sleep, so every wake run inside it is bounded by sleep: count run starts.
     wake = spt[spt >= 0] == 0
     out["N_awakenings"] = float(np.count_nonzero(wake[1:] & ~wake[:-1]))

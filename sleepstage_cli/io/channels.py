@@ -43,6 +43,19 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+PRESET_KINDS: dict[str, tuple[str, ...]] = {"sleep-edf": ("eeg", "eog")}
+"""The kinds a preset uses when none are asked for (others: all three). Sleep-EDF's cassette (SC) nights
+hold their chin EMG as a 1-Hz envelope, which staging cannot use; the telemetry (ST) nights' 100-Hz EMG
+is there for ``--channels eeg,eog,emg``."""
+
+
+def preset_note(preset: str | None, kinds: tuple[str, ...]) -> str | None:
+    """The one line saying which kinds a preset's default leaves out, and how to include them (else None)."""
+    if preset != "sleep-edf" or "emg" in kinds:
+        return None
+    return ("Sleep-EDF: EEG + EOG; EMG submental left out (a 1-Hz envelope in the SC nights, too slow for "
+            "staging); --channels eeg,eog,emg includes it")
+
 
 def _norm(label: str) -> str:
     return re.sub(r"\s+", "", unicodedata.normalize("NFC", label)).casefold()
@@ -111,14 +124,16 @@ def build_spec(kinds: tuple[str, ...] | None, preset: str | None,
                overrides: dict[str, tuple[str, ...]] | None = None) -> ChannelSpec:
     """Combine a preset with user overrides (command line or mapping file) into a ChannelSpec.
 
-    Without ``kinds``, a preset gives all three kinds and overrides alone give the kinds they name.
+    Without ``kinds``, a preset gives its kinds (:data:`PRESET_KINDS`, else all three) and those the
+    overrides name; overrides alone give the kinds they name.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v}
     base = PRESETS.get(preset, {}) if preset else {}
     if preset and preset not in PRESETS:
         raise InputError(f"unknown channel preset {preset!r} (known: {', '.join(PRESETS)})")
     if kinds is None:
-        kinds = KINDS if base else tuple(k for k in KINDS if k in overrides)
+        default = PRESET_KINDS.get(preset, KINDS) if base else ()
+        kinds = tuple(k for k in KINDS if k in default or k in overrides)
     if not kinds:
         raise InputError("no channels given: name them with --eeg/--eog/--emg or --channel-map "
                          "(or use a dataset layout with a preset)")

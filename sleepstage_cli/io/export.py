@@ -8,6 +8,7 @@ a night.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import math
 from collections.abc import Iterable, Sequence
@@ -16,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from sleepstage_cli.fsutil import atomic_path, atomic_write_text
+from sleepstage_cli.io.hypnogram import CLOCK_COLUMN
 from sleepstage_cli.stages import STAGES
 
-CSV_COLUMNS = ["epoch", "onset_s", "stage", *[f"p_{s}" for s in STAGES], "confidence", "flag"]
+CSV_COLUMNS = ["epoch", "onset_s", "stage", *[f"p_{s}" for s in STAGES], "confidence", "flag", CLOCK_COLUMN]
 EDF_STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2", "N3": "Sleep stage N3",
                   "REM": "Sleep stage R", "?": "Sleep stage ?"}
 
@@ -60,13 +62,21 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def hypnogram_table(onsets: np.ndarray, stages: list[str], probabilities: np.ndarray, confidence: np.ndarray,
-                    flags: list[str]) -> Table:
-    """One row per epoch: epoch, onset_s, stage, p_W..p_REM, confidence, flag."""
+                    flags: list[str], start: dt.datetime | None = None) -> Table:
+    """One row per epoch: epoch, onset_s, stage, p_W..p_REM, confidence, flag, clock_time (the onset's date and
+    time when the recording's ``start`` is known, else empty: it tells ``evaluate`` which recording this is)."""
     rows = []
     for i, stage in enumerate(stages):
         rows.append([i, _cell(onsets[i], 3), stage, *(_cell(p, 4) for p in probabilities[i]),
-                     _cell(confidence[i], 4), flags[i]])
+                     _cell(confidence[i], 4), flags[i], _clock(start, onsets[i])])
     return list(CSV_COLUMNS), rows
+
+
+def _clock(start: dt.datetime | None, onset: float) -> str:
+    if start is None:
+        return ""
+    when = start + dt.timedelta(seconds=round(float(onset), 3))
+    return when.isoformat(timespec="seconds" if not when.microsecond else "milliseconds")
 
 
 def write_csv(path: Path, table: Table) -> None:

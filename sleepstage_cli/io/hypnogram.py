@@ -13,6 +13,7 @@ what the stage annotations cover.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,11 @@ _TOL = 1e-3  # seconds; annotation times are written with 100-ns to 10-ms resolu
 MAX_SECONDS = 7 * 86400.0  # a hypnogram reaching further is corrupted (a week of 30-s epochs is 20160)
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+CLOCK_COLUMN = "clock_time"
+"""The column of the clock time of each epoch's onset in ``score``'s CSV (ISO 8601; empty when unknown)."""
+MAX_START_GAP = 86400.0
+"""Seconds two files of one recording (a PSG, its hypnogram, a prediction) may start apart: more is another
+recording."""
 
 _ONSET_COLUMNS = ("onset", "onset_s", "onset_sec", "start", "start_s", "start_time", "time", "begin")
 _DURATION_COLUMNS = ("duration", "duration_s", "dur", "length", "epoch_length")
@@ -49,6 +55,7 @@ class Hypnogram:
     epoch_length : seconds per scored epoch (30 for AASM, 20 for some R&K scorings).
     source : the file it was read from.
     notes : warnings met while reading (gaps filled, partial epochs dropped...).
+    start : the clock time of onset 0 when the file says (an EDF header; a ``clock_time`` column), else None.
     """
 
     onsets: np.ndarray
@@ -56,6 +63,7 @@ class Hypnogram:
     epoch_length: float
     source: Path | None = None
     notes: list[str] = field(default_factory=list)
+    start: dt.datetime | None = None
 
     def __len__(self) -> int:
         return int(self.stages.shape[0])
@@ -65,8 +73,9 @@ class Hypnogram:
         return replace(self, onsets=self.onsets[mask], stages=self.stages[mask], notes=list(self.notes))
 
     def shifted(self, seconds: float) -> "Hypnogram":
-        """A copy with every onset moved by ``seconds``."""
-        return replace(self, onsets=self.onsets + seconds, notes=list(self.notes))
+        """A copy with every onset moved by ``seconds`` (the same clock times, counted from ``seconds`` earlier)."""
+        start = self.start - dt.timedelta(seconds=seconds) if self.start is not None else None
+        return replace(self, onsets=self.onsets + seconds, notes=list(self.notes), start=start)
 
     def counts(self) -> dict[str, int]:
         """Epochs per stage name, plus ``unscored``."""
@@ -170,7 +179,8 @@ def from_edf(path: str | Path, header: EdfHeader | None = None, epoch_length: fl
         what = f"its annotations are {', '.join(repr(t) for t in found[:5])}" if found else "it has no annotations"
         raise InputError(f"no sleep stage annotations ({what})", path)
     arr = np.array(rows, dtype=float)
-    return from_intervals(arr[:, 0], arr[:, 1], arr[:, 2].astype(int), path, epoch_length)
+    hyp = from_intervals(arr[:, 0], arr[:, 1], arr[:, 2].astype(int), path, epoch_length)
+    return replace(hyp, start=header.start)
 
 
 def has_stage_annotations(path: str | Path, header: EdfHeader | None = None) -> bool:
@@ -291,8 +301,22 @@ def from_table(path: str | Path, epoch_length: float | None = None) -> Hypnogram
         steps = (_epoch_steps([(n, row[i_epoch]) for n, row in body], delim == ";", path) if i_epoch is not None
                  else np.arange(len(codes)))
         return from_intervals(length * steps, np.full(len(codes), length), np.array(codes), path, length)
-    return from_intervals(np.array(onsets), np.array(durations), np.array(codes), path,
-                          epoch_length or (None if i_dur is not None else _step(onsets, path)))
+    hyp = from_intervals(np.array(onsets), np.array(durations), np.array(codes), path,
+                         epoch_length or (None if i_dur is not None else _step(onsets, path)))
+    return replace(hyp, start=_table_start(head, body, onsets))
+
+
+def _table_start(head: list[str], body: list[tuple[int, list[str]]], onsets: list[float]) -> dt.datetime | None:
+    """The clock time of onset 0 from a ``clock_time`` column (as ``score`` writes), else None."""
+    if CLOCK_COLUMN not in head:
+        return None
+    i = head.index(CLOCK_COLUMN)
+    for (_, row), onset in zip(body, onsets):
+        try:
+            return dt.datetime.fromisoformat(row[i]).replace(tzinfo=None) - dt.timedelta(seconds=onset)
+        except (ValueError, OverflowError):
+            continue  # an empty cell (start unknown) or not a time: that column says nothing
+    return None
 
 
 def _epoch_steps(cells: list[tuple[int, str]], decimal_comma: bool, path: Path) -> np.ndarray:
@@ -339,11 +363,16 @@ def read_hypnogram(path: str | Path, epoch_length: float | None = None) -> Hypno
         raise InputError("is a folder, not a hypnogram file", path)
     if not path.exists():
         raise InputError("hypnogram file not found", path)
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
-    if magic in (b"0       ", b"\xffBIOSEMI") or path.suffix.lower() in (".edf", ".bdf"):
+    if _is_edf(path):
         return from_edf(path, epoch_length=epoch_length)
     return from_table(path, epoch_length)
+
+
+def _is_edf(path: Path) -> bool:
+    """Whether a file is EDF/BDF (by its magic bytes or its suffix) rather than a text table."""
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    return magic in (b"0       ", b"\xffBIOSEMI") or path.suffix.lower() in (".edf", ".bdf")
 
 
 def keep_within_signal(hyp: Hypnogram, signal_seconds: float, window_offset: float = 0.0,
@@ -371,3 +400,30 @@ def trim_wake(hyp: Hypnogram, minutes: float = 30.0) -> Hypnogram | None:
     margin = minutes * 60.0
     mask = (hyp.onsets >= first - margin - _TOL) & (hyp.onsets <= last + margin + _TOL)
     return hyp.select(mask)
+
+
+def _when(start: dt.datetime) -> str:
+    return start.isoformat(sep=" ", timespec="seconds")
+
+
+def refuse_other_recording(first: Path, first_start: dt.datetime | None, second: Path,
+                           second_start: dt.datetime | None, option: str = "--ignore-start") -> None:
+    """Refuse two files of what should be one recording whose start times differ by more than a day.
+
+    Nothing is compared when either start is unknown. The error names both files and both start times.
+    """
+    if first_start is None or second_start is None:
+        return
+    gap = abs((first_start.replace(tzinfo=None) - second_start.replace(tzinfo=None)).total_seconds())
+    if gap <= MAX_START_GAP:
+        return
+    days = f"{gap / 86400.0:.0f}" if gap >= 2 * 86400.0 else f"{gap / 86400.0:.1f}"
+    raise InputError(f"{first} starts {_when(first_start)} but {second} starts {_when(second_start)}, "
+                     f"{days} days apart: they are not one recording (a hypnogram of another night?); "
+                     f"{option} pairs them anyway, on onsets in seconds from each file's start")
+
+
+def file_start(path: str | Path) -> dt.datetime | None:
+    """When a recording or hypnogram file starts: an EDF/BDF header's start, a ``clock_time`` table's, else None."""
+    path = Path(path)
+    return read_header(path).start if _is_edf(path) else from_table(path).start

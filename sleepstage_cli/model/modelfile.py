@@ -4,13 +4,17 @@ Contents (a plain dict, loaded with ``torch.load(weights_only=True)`` so a model
 format and version, the sleepstage version that wrote it, the network (name, hyper-parameters, L),
 its weights (normalisation statistics included), the channel spec and conditioning of the data it was
 trained on, the sampling rate and epoch length, the class names, and summaries of the training data
-and of the validation it was selected on.
+and of the validation it was selected on; ``temperature`` (a plain float, the calibration T that scoring
+divides the mean log-probabilities by; files without it load with T = 1) and ``calibration`` (how T was
+fitted: ECE and NLL before and after, on which nights); ``fit`` (what it was trained on: labels, rates,
+units, amplitudes and a spectral summary, for the fit check; plain lists and numbers).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import math
 import re
 import zipfile
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ class LoadedModel:
     conditioning: Conditioning
     meta: dict
     path: Path | None = None
+    temperature: float = 1.0  # calibration T: probabilities are softmax(mean log-probability / T)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -48,8 +53,14 @@ class LoadedModel:
 
 
 def save_model(path: str | Path, model: StagingModel, channel_spec: dict, conditioning: dict,
-               training: dict, validation: dict | None, state_dict: dict | None = None) -> None:
-    """Write a model file atomically (``state_dict`` defaults to the model's current weights)."""
+               training: dict, validation: dict | None, state_dict: dict | None = None,
+               calibration: dict | None = None, fit: dict | None = None) -> None:
+    """Write a model file atomically (``state_dict`` defaults to the model's current weights).
+
+    ``calibration``: the temperature fit (its ``temperature`` is stored as the model's T; none: T = 1).
+    ``fit``: what the model was trained on, for the fit check (``spectrograms/fitsummary.py``; none: the
+    check says "unknown").
+    """
     state = {k: v.detach().cpu().clone() for k, v in (state_dict or model.state_dict()).items()}
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -65,6 +76,9 @@ def save_model(path: str | Path, model: StagingModel, channel_spec: dict, condit
         "classes": list(STAGES),
         "training": training,
         "validation": validation,
+        "temperature": float((calibration or {}).get("temperature") or 1.0),
+        "calibration": calibration,
+        "fit": fit,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)  # in memory first: torch turns a failed file write into an obscure RuntimeError
@@ -171,4 +185,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         raise InputError(f"model file is inconsistent: {str(exc).splitlines()[0]}", path) from None
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return LoadedModel(model=model, channel_spec=spec, conditioning=cond, meta=meta, path=path)
+    return LoadedModel(model=model, channel_spec=spec, conditioning=cond, meta=meta, path=path,
+                       temperature=_temperature(payload, path))
+
+
+def _temperature(payload: dict, path: Path) -> float:
+    """The model's calibration T (1 for files written before calibration); refused unless a number above 0."""
+    value = payload.get("temperature", 1.0)
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"model file is inconsistent: temperature {value!r} is not a number above 0", path)
+    return float(value)

@@ -49,8 +49,10 @@ def _csv(header: list[str], rows: Iterable[Iterable[object]]) -> str:
 def _csv_texts(ev: Evaluation) -> dict[str, str]:
     rows = [n.row() for n in ev.nights]
     head = ["night", "prediction", "reference", "epoch_length", *COUNT_KEYS, *SUMMARY_KEYS]
+    head += ["ece"] if "ece" in ev.pooled else []  # predictions with probabilities; empty for a night without
     extra = {n.night: (n.pred_source, n.ref_source, n.epoch_length) for n in ev.nights}
-    out = {"per_night.csv": _csv(head, ([r["night"], *extra[r["night"]], *(r[k] for k in head[4:])] for r in rows))}
+    out = {"per_night.csv": _csv(head, ([r["night"], *extra[r["night"]], *(r.get(k) for k in head[4:])]
+                                        for r in rows))}
 
     pc = ev.pooled["per_class"]
     cm = np.asarray(ev.pooled["confusion"])

@@ -71,8 +71,12 @@ def _ticks(span_s: float, start: datetime | None) -> list[tuple[float, str]]:
 
 def hypnogram_svg(onsets_s: Sequence[float] | np.ndarray, stages: Sequence[int] | np.ndarray,
                   probabilities: np.ndarray | None = None, flags: Sequence | None = None, title: str = "",
-                  *, start: datetime | None = None, epoch_length: float | None = None) -> str:
-    """SVG markup of one night's hypnogram (and hypnodensity when ``probabilities`` (n x 5) are given)."""
+                  *, start: datetime | None = None, epoch_length: float | None = None,
+                  marks: Sequence[tuple[float, str]] = (), period: tuple[int, int] | None = None) -> str:
+    """SVG markup of one night's hypnogram (and hypnodensity when ``probabilities`` (n x 5) are given).
+
+    ``marks``: (seconds from the start, label) drawn as labelled vertical lines (lights off, lights on);
+    ``period``: (first, stop) epochs the statistics cover, the rest lightly shaded."""
     onsets, codes, ep, probs, flagged = _checked_inputs(onsets_s, stages, probabilities, flags, epoch_length)
     frame = _Frame(onsets, codes, ep, with_probabilities=probs is not None)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {frame.height}" width="100%" '
@@ -86,9 +90,11 @@ def hypnogram_svg(onsets_s: Sequence[float] | np.ndarray, stages: Sequence[int] 
                    "no epochs</text></svg>")
         return "".join(out)
     out += _shading(frame, onsets, codes, ep, flagged)
+    out += _outside_period(frame, onsets, ep, period)
     out += _stage_lines(frame, onsets, codes, ep)
     if probs is not None:
         out += _hypnodensity(frame, onsets, ep, probs)
+    out += _marks(frame, marks)
     out += _time_axis(frame, start)
     out += _legend(flagged is not None and flagged.any())
     out.append("</svg>")
@@ -171,10 +177,42 @@ def _stage_lines(frame: _Frame, onsets: np.ndarray, codes: np.ndarray, ep: float
         prev_end = t + ep
     if path:
         out.append(f'<path class="stages" d="{"".join(path)}" fill="none" stroke="black" stroke-width="1"/>')
-    for i, j in runs(codes == 4):
-        yy = y_level(_LEVEL[4])
-        out.append(f'<line class="rem" x1="{x(onsets[i]):.1f}" x2="{x(onsets[j - 1] + ep):.1f}" y1="{yy:.1f}" '
-                   f'y2="{yy:.1f}" stroke="{STAGE_COLOURS["REM"]}" stroke-width="4"/>')
+    for code, name in enumerate(STAGES):  # each stage's runs in its colour (REM's lines keep class "rem")
+        yy = y_level(_LEVEL[code])
+        cls = "rem" if name == "REM" else f"seg-{name}"
+        for i, j in runs(codes == code):
+            out.append(f'<line class="{cls}" x1="{x(onsets[i]):.1f}" x2="{x(onsets[j - 1] + ep):.1f}" '
+                       f'y1="{yy:.1f}" y2="{yy:.1f}" stroke="{STAGE_COLOURS[name]}" stroke-width="4"/>')
+    return out
+
+
+def _outside_period(frame: _Frame, onsets: np.ndarray, ep: float, period: tuple[int, int] | None) -> list[str]:
+    """Light shading over the epochs outside the period the statistics cover."""
+    if period is None or not onsets.size:
+        return []
+    first, stop = max(int(period[0]), 0), min(int(period[1]), onsets.size)
+    spans = []
+    if first > 0:
+        spans.append((frame.x(frame.origin), frame.x(onsets[first]) if first < onsets.size else frame.x(frame.span)))
+    if stop < onsets.size:
+        spans.append((frame.x(onsets[stop - 1] + ep) if stop > 0 else frame.x(frame.origin), frame.x(frame.span)))
+    return [f'<rect class="outside-period" x="{a:.1f}" y="{HYP_TOP}" width="{max(b - a, 0.5):.1f}" '
+            f'height="{frame.bottom - HYP_TOP}" fill="#000" fill-opacity="0.07"/>' for a, b in spans]
+
+
+def _marks(frame: _Frame, marks: Sequence[tuple[float, str]]) -> list[str]:
+    """Labelled dashed vertical lines (lights off, lights on) across the figure."""
+    out = []
+    for t, label in marks:
+        if not frame.origin <= t <= frame.span:
+            continue
+        xx = frame.x(t)
+        right = xx > LEFT + frame.plot_w / 2  # the label goes inward
+        anchor, dx = ("end", -4) if right else ("start", 4)
+        out.append(f'<line class="mark" x1="{xx:.1f}" x2="{xx:.1f}" y1="{HYP_TOP - 4}" y2="{frame.bottom}" '
+                   'stroke="#2e7d32" stroke-width="1.5" stroke-dasharray="5,3"/>'
+                   f'<text x="{xx + dx:.1f}" y="{HYP_TOP - 6}" text-anchor="{anchor}" '
+                   f'style="fill:#2e7d32;font-weight:bold">{escape(label)}</text>')
     return out
 
 
@@ -193,7 +231,13 @@ def _hypnodensity(frame: _Frame, onsets: np.ndarray, ep: float, probs: np.ndarra
         pts += [f"{a:.1f},{b:.1f}" for a, b in zip(xs[::-1], ys_lo[::-1])]
         out.append(f'<polygon class="p-{STAGES[k]}" points="{" ".join(pts)}" fill="{STAGE_COLOURS[STAGES[k]]}"/>')
         lower = upper
-    out.append(f'<text x="{LEFT - 6}" y="{top + PROB_HEIGHT / 2 + 4:.1f}" text-anchor="end">p</text>')
+    for v in (0.0, 0.5, 1.0):  # the probability axis, 0 to 1
+        yy = top + PROB_HEIGHT * (1 - v)
+        out.append(f'<line class="p-tick" x1="{LEFT - 3}" x2="{LEFT}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#333"/>'
+                   f'<text class="p-tick" x="{LEFT - 5}" y="{yy + 4:.1f}" text-anchor="end">{v:g}</text>')
+    cy = top + PROB_HEIGHT / 2
+    out.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{top}" y2="{top + PROB_HEIGHT}" stroke="#333"/>'
+               f'<text x="12" y="{cy:.1f}" transform="rotate(-90 12 {cy:.1f})" text-anchor="middle">probability</text>')
     return out
 
 

@@ -4,6 +4,12 @@ For sequence networks every epoch t is covered by up to L windows of L consecuti
 its score is the sum of the log-probabilities from all of them and its stage the argmax. The epoch
 level (filterbank, BiRNN, attention: the expensive part) is run once per epoch and its encodings are
 reused by every window; only the sequence level runs per window.
+
+Calibration (temperature scaling): an epoch's probabilities are the softmax of its *mean* aggregated
+log-probability divided by the model's temperature T, ``softmax(mean_lp / T)`` (:func:`tempered_softmax`).
+T divides the mean over windows of the per-window log-softmax outputs, not the per-window logits; for
+an epoch seen by a single window this is the usual ``softmax(logits / T)``. T > 0 never changes the
+argmax, so the stages (and ``log_scores``, kept uncalibrated) do not depend on it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ class NightScores:
     """Aggregated outputs for one night of N epochs."""
 
     log_scores: np.ndarray  # (N, 5) summed log-probabilities
-    probabilities: np.ndarray  # (N, 5) softmax of the mean log-probability per epoch
+    probabilities: np.ndarray  # (N, 5) softmax of the mean log-probability per epoch over the temperature
     coverage: np.ndarray  # (N,) number of predictions summed per epoch
     attention: np.ndarray | None  # (N, 29) epoch-level attention weights, if asked and available
     padded: bool  # the night was shorter than one sequence and was padded to score it
@@ -34,6 +40,20 @@ class NightScores:
     @property
     def stages(self) -> np.ndarray:
         return self.log_scores.argmax(axis=1)
+
+    @property
+    def mean_log_probabilities(self) -> np.ndarray:
+        """(N, 5) mean over the windows covering each epoch of their log-probabilities (what T divides)."""
+        return self.log_scores / self.coverage[:, None]
+
+
+def tempered_softmax(mean_lp: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(mean_lp / temperature)`` along the last axis (the calibrated probabilities; T > 0)."""
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number above 0, got {temperature!r}")
+    z = np.asarray(mean_lp, dtype=np.float64) / float(temperature)
+    prob = np.exp(z - z.max(axis=-1, keepdims=True))
+    return prob / prob.sum(axis=-1, keepdims=True)
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -66,13 +86,16 @@ def encode_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torc
 @torch.no_grad()
 def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
                 batch_size: int = 256, attention: bool = False, amp: bool = False,
-                positions: bool = False) -> NightScores:
+                positions: bool = False, temperature: float = 1.0) -> NightScores:
     """Aggregated log-probabilities for every epoch of one night (model in eval mode).
 
     ``positions``: also keep every window's per-position predictions (``window_stages``, ``window_epochs``).
+    ``temperature``: the model's calibration T (``LoadedModel.temperature``); probabilities are
+    ``softmax(mean log-probability / T)``, the stages do not depend on it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tempered_softmax(np.zeros(1), temperature)  # refuses a bad temperature before the network runs
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -134,9 +157,7 @@ def score_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch
                     cov.index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.float64, device=device))
         log_scores = acc.cpu().numpy()
         coverage = cov.cpu().numpy()
-        mean_lp = log_scores / coverage[:, None]
-        prob = np.exp(mean_lp - mean_lp.max(axis=1, keepdims=True))
-        prob /= prob.sum(axis=1, keepdims=True)
+        prob = tempered_softmax(log_scores / coverage[:, None], temperature)
         out = NightScores(log_scores=log_scores, probabilities=prob, coverage=coverage,
                           attention=None if alpha is None else alpha.cpu().numpy(), padded=padded)
         if positions:

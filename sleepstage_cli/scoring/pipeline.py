@@ -26,6 +26,8 @@ from sleepstage_cli.errors import InputError
 from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import keep_within_signal, read_hypnogram
+from sleepstage_cli.io.lights import Lights, read_lights
+from sleepstage_cli.scoring.fitcheck import OUTSIDE_FLAG, FitVerdict, NightSeen, check_fit, observe
 from sleepstage_cli.stages import STAGES, UNSCORED
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ class ScoredNight:
     attention: np.ndarray | None  # (N, 29)
     channels: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    lights: Lights = field(default_factory=Lights)  # lights off/on from the recording's EDF+ annotations
+    fit: FitVerdict | None = None  # does the night fit what the model was trained on (scoring/fitcheck.py)
 
     @property
     def n_epochs(self) -> int:
@@ -99,6 +103,8 @@ class ReadNight:
     channels: dict[str, str]
     notes: list[str]
     discontinuous: bool
+    lights: Lights = field(default_factory=Lights)  # lights off/on from the recording's EDF+ annotations
+    fit: NightSeen | None = None  # the recording as the fit check sees it
 
 
 def read_night(path: str | Path, spec: ChannelSpec, cond: Conditioning, night_id: str,
@@ -143,10 +149,12 @@ def read_night(path: str | Path, spec: ChannelSpec, cond: Conditioning, night_id
         if leftover >= 1:
             notes.append(f"the last {leftover:.0f} s of the recording (less than an epoch) are not scored")
     missing, flat = signals.marked_fraction(starts)
+    x = signals.epochs(starts)
     return ReadNight(night_id=night_id, source=path, start=header.start, onsets=np.asarray(onsets, float),
-                     epoch_length=float(epoch_length), x=signals.epochs(starts), missing=missing, flat=flat,
+                     epoch_length=float(epoch_length), x=x, missing=missing, flat=flat,
                      kinds=spec.kinds, channels={c.kind: c.expression for c in channels}, notes=notes,
-                     discontinuous=header.is_discontinuous)
+                     discontinuous=header.is_discontinuous, lights=read_lights(path, header),
+                     fit=observe(signals, x, missing, flat))
 
 
 def score_read_night(night: ReadNight, loaded: LoadedModel, device: torch.device | str = "cpu",
@@ -155,7 +163,9 @@ def score_read_night(night: ReadNight, loaded: LoadedModel, device: torch.device
     from sleepstage_cli.scoring.inference import score_night
 
     notes = list(night.notes)
-    result = score_night(loaded.model, night.x, device, batch_size=batch_size, attention=attention, amp=amp)
+    # Calibrated: probabilities, confidence and all that reads them (low-confidence list, hypnodensity) use T.
+    result = score_night(loaded.model, night.x, device, batch_size=batch_size, attention=attention, amp=amp,
+                         temperature=loaded.temperature)
     stages = result.stages.astype(np.int64)
     unscorable = ((night.missing + night.flat) > UNSCORABLE).all(axis=1)
     stages[unscorable] = UNSCORED
@@ -170,12 +180,16 @@ def score_read_night(night: ReadNight, loaded: LoadedModel, device: torch.device
                      + (f", {int(unscorable.sum())} of them not scored" if unscorable.any() else ""))
     if night.discontinuous:
         notes.append("the recording is discontinuous (EDF+D): gaps are marked as missing signal")
+    verdict = check_fit(loaded.meta.get("fit"), night.fit)
+    if verdict.outside.any():
+        flags = [("; ".join(filter(None, [f, OUTSIDE_FLAG])) if out else f) for f, out in zip(flags, verdict.outside)]
+        notes.append(f"{int(verdict.outside.sum())} epoch(s) marked {OUTSIDE_FLAG} (their spectra)")
     confidence = result.probabilities[np.arange(stages.size), result.stages]
     confidence = np.where(stages == UNSCORED, np.nan, confidence)
     return ScoredNight(night_id=night.night_id, source=night.source, start=night.start, onsets=night.onsets,
                        epoch_length=night.epoch_length, stages=stages, probabilities=result.probabilities,
                        confidence=confidence, flags=flags, attention=result.attention, channels=night.channels,
-                       notes=notes)
+                       notes=notes, lights=night.lights, fit=verdict)
 
 
 def score_recording(path: str | Path, loaded: LoadedModel, night_id: str,
@@ -265,6 +279,15 @@ def _model_file(path: Path | None) -> str:
         return path.name
 
 
+def _calibration_text(meta: dict, temperature: float) -> str:
+    """How the probabilities were calibrated, in one line for the report (training/calibrate.py)."""
+    cal = meta.get("calibration") or {}
+    if cal.get("ece_before") is None:
+        return f"{cal.get('note') or 'not calibrated (a model from before calibration)'}: T = {temperature:g}"
+    return (f"calibrated, temperature T = {temperature:.3f} fitted on {cal.get('nights')} validation night(s): "
+            f"ECE {100 * cal['ece_before']:.1f} % before, {100 * cal['ece_after']:.1f} % after")
+
+
 def provenance(loaded: LoadedModel) -> dict:
     """What the report says about the model that scored the night."""
     meta = loaded.meta
@@ -282,9 +305,37 @@ def provenance(loaded: LoadedModel) -> dict:
         "validation accuracy": validation.get("accuracy"),
         "validation macro-F1": validation.get("macro_f1"),
         "validation kappa": validation.get("kappa"),
+        "probabilities": _calibration_text(meta, loaded.temperature),
         "scored with": f"sleepstage {__version__}",
         "scored at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _alternatives(names: tuple[str, ...] | list[str], at_most: int = 3) -> str:
+    shown = " or ".join(names[:at_most]) or "?"
+    return shown + (f" (or {len(names) - at_most} other names)" if len(names) > at_most else "")
+
+
+def model_card(loaded: LoadedModel) -> dict[str, str]:
+    """The model in a few lines for the staging report's model card: network, channels, what it was trained
+    and validated on."""
+    meta = loaded.meta
+    training = meta.get("training") or {}
+    validation = meta.get("validation") or {}
+    arch = meta.get("architecture") or {}
+    spec = loaded.channel_spec
+    nights, subjects = len(training.get("train_nights", [])), len(training.get("train_subjects", []))
+    card = {"Network": f"{arch.get('net', '?')}, sequences of {arch.get('seq_len', '?')} epochs of 30 s",
+            "Channels": "; ".join(f"{k.upper()}: {_alternatives(spec.candidates.get(k, ()))}" for k in spec.kinds),
+            "Trained on": f"{nights} nights of {subjects} subjects, {dataset_label(training.get('dataset'))}"}
+    if validation:
+        acc, kappa = validation.get("accuracy"), validation.get("kappa")
+        n_val = len(training.get("val_nights", []))
+        parts = [f"accuracy {100 * acc:.1f} %" if isinstance(acc, (int, float)) else "",
+                 f"kappa {kappa:.3f}" if isinstance(kappa, (int, float)) else ""]
+        card["Validation"] = ", ".join(p for p in parts if p) + f" on {n_val} held-out night{'s' * (n_val != 1)}"
+    card["Model file"] = _model_file(loaded.path) or "?"
+    return card
 
 
 def stage_names(stages: np.ndarray) -> list[str]:

@@ -12,7 +12,8 @@ A run folder (RUN) holds::
     fold-01/DONE             written last: the fold is finished and never redone
     predictions/             every test night's CSV, collected from the folds
     evaluation/              write_evaluation's files over predictions/ (metrics.json, report.html...)
-    folds.csv, nights.csv    per-fold figures; per night its subject, fold and figures
+    folds.csv, nights.csv    per-fold figures (calibration too: T, validation ECE before/after, test ECE);
+                             per night its subject, fold and figures
 
 Everything is written atomically. The pooled figures are ``evaluate_paths(RUN/predictions, DATASET)``,
 so ``sleepstage evaluate RUN/predictions DATASET`` reproduces them exactly. Folds run in this process
@@ -40,6 +41,7 @@ from sleepstage_cli.digests import last_name, without_folders
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
 from sleepstage_cli.training.folds import (
+    CALIBRATION_COLUMNS,
     EVALUATION,
     FOLDS_CSV,
     NIGHTS_CSV,
@@ -389,7 +391,7 @@ def finish_run(plan: RunPlan) -> CrossvalResult:
                            "split": plan.split.made_by, "options": plan.identity["options"]}
     write_evaluation(run_dir / EVALUATION, ev, force=True)
     cols = ["fold", "test_subjects", "val_subjects", "train_subjects", "test_nights", "epochs", *SUMMARY_METRICS,
-            "steps", "best_step", "val_accuracy", "train_seconds", "device"]
+            "steps", "best_step", "val_accuracy", "train_seconds", "device", *CALIBRATION_COLUMNS]
     atomic_write_text(run_dir / FOLDS_CSV, _table(cols, [[s.get(c) for c in cols] for s in summaries]))
     subject = {n.id: n.subject for n in nights}
     fold_by_subject = {s: f.index for f in plan.split.folds for s in f.test}

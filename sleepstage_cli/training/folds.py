@@ -105,6 +105,17 @@ def fold_done(plan: RunPlan, fold: Fold) -> bool:
 
 # --------------------------------------------------------------------------- one fold
 
+CALIBRATION_COLUMNS = ("temperature", "val_ece_before", "val_ece_after", "ece")
+
+
+def calibration_columns(meta: dict, pooled: dict) -> dict:
+    """A fold's calibration figures for folds.csv: its model's T, the validation nights' ECE before and after
+    calibration (from the model file), and the test nights' ECE with the calibrated probabilities."""
+    cal = meta.get("calibration") or {}
+    return {"temperature": meta.get("temperature", 1.0), "val_ece_before": cal.get("ece_before"),
+            "val_ece_after": cal.get("ece_after"), "ece": pooled.get("ece")}
+
+
 class StopRelay(Callbacks):
     """Hands a stop asked for outside training (loading, statistics) on to training's own graceful stop.
 
@@ -148,7 +159,8 @@ def _score_test_nights(job: FoldJob, ds: PreparedDataset, pred_dir: Path, device
     paths = []
     for night in nights:
         rec = ds.open(night)
-        result = score_night(loaded.model, np.asarray(rec["x"][:, index], dtype=np.float32), device, amp=amp)
+        result = score_night(loaded.model, np.asarray(rec["x"][:, index], dtype=np.float32), device, amp=amp,
+                             temperature=loaded.temperature)
         stages = result.stages
         confidence = result.probabilities[np.arange(stages.size), stages]
         flags = ["short night" if result.padded else ""] * int(stages.size)
@@ -199,7 +211,7 @@ def run_fold(job: FoldJob, cb: Callbacks | None = None) -> dict:
                **{k: ev.pooled[k] for k in SUMMARY_METRICS},
                "steps": training.get("steps"), "best_step": training.get("best_step"),
                "val_accuracy": validation.get("accuracy"), "train_seconds": training.get("seconds"),
-               "device": training.get("device")}
+               "device": training.get("device"), **calibration_columns(meta, ev.pooled)}
     ev.title = f"Cross-validation {fold.name}: test subjects {', '.join(fold.test)}"
     atomic_write_json(fold_dir / "metrics.json", jsonable({**ev.to_dict(), "fold": summary}))
     atomic_write_json(fold_dir / DONE, {"digest": job.digest, "finished":

@@ -181,6 +181,7 @@ class TrainResult:
     split: Split
     seconds: float
     last_state: dict | None = None  # weights after the last step (the file holds the selected ones)
+    calibration: dict | None = None  # the temperature fit on the validation nights (training/calibrate.py)
 
 
 def loss_fn(logits: torch.Tensor, y_ctx: torch.Tensor, aggregation: str) -> tuple[torch.Tensor, int]:
@@ -435,11 +436,13 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
         _set_normalisation(run)
     run.train_module = _wrap_for_ddp(model, devices)
     _train_loop(run)
+    _calibrate(run)
     result_val = _write_model(run, t_start)
     _barrier(devices.distributed)
     if cache is not None:
         cache.close()
     return TrainResult(output=output, steps=run.step, best_step=run.best["step"], validation=result_val,
+                       calibration=run.calibration,
                        log=run.log, split=data.split, seconds=time.time() - t_start,
                        last_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
@@ -632,6 +635,7 @@ class _Run:
     batch_in_pass: int = 0
     best: dict = field(default_factory=lambda: {"accuracy": -1.0, "step": None, "state": None, "metrics": None})
     log: list[dict] = field(default_factory=list)
+    calibration: dict | None = None  # set by _calibrate, written into the model file and the JSON log
 
     def resume(self, ckpt: dict) -> None:
         """Continue where the checkpoint stopped, random number generators included (same weights as unstopped)."""
@@ -808,12 +812,37 @@ def _write_model(run: _Run, t_start: float) -> dict | None:
         spec = {"kinds": list(kinds), "preset": spec.get("preset"),
                 "candidates": {k: spec["candidates"][k] for k in kinds}}
         save_model(output, run.model, spec, ds.manifest["conditioning"], _json_safe(training),
-                   _json_safe(result_val), state_dict=final_state)
+                   _json_safe(result_val), state_dict=final_state, calibration=_json_safe(run.calibration),
+                   fit=_fit_record(run))
         _write_log_csv(csv_path, log)
         atomic_write_json(json_path, _json_safe({"sleepstage_version": __version__, "model": output.name,
-                                                 "training": training, "validation": result_val, "log": log}))
+                                                 "training": training, "validation": result_val,
+                                                 "calibration": run.calibration, "log": log}))
         checkpoint_path(output).unlink(missing_ok=True)
     return result_val
+
+
+def _calibrate(run: _Run) -> None:
+    """Fit the temperature on the validation nights with the selected weights (rank 0, which writes the model)."""
+    from sleepstage_cli.training.calibrate import fit_on_validation
+
+    if not run.devices.is_main:
+        return
+    if run.data.val_nights:
+        run.cb.stage(f"calibrating the probabilities on {len(run.data.val_nights)} validation night(s)")
+    state = run.best["state"] if run.data.val_nights else None
+    run.calibration = fit_on_validation(run.model, state, run.data.ds, run.data.val_nights, run.data.index,
+                                        run.devices.device, run.devices.amp)
+
+
+def _fit_record(run: _Run) -> dict:
+    """What the model was trained on, for score's fit check: labels, rates, units and amplitudes of the
+    training nights, a summary of their spectra, thresholds set on the validation nights."""
+    from sleepstage_cli.spectrograms.fitsummary import fit_record
+
+    data = run.data
+    run.cb.stage("summarising the training nights for the fit check")
+    return fit_record(data.ds, data.train_nights, data.val_nights, data.kinds, data.index)
 
 
 _SELECTION_TEXT = {"aggregated": "best validation accuracy",

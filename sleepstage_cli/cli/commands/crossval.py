@@ -279,7 +279,7 @@ def _print_folds(result: CrossvalResult) -> None:
 
     t = Table(title="Per fold (its test nights pooled; selected: the step kept by validation)", title_justify="left")
     for col in ("fold", "test subjects", "nights", "epochs", "acc. (%)", "kappa", "MF1 (%)", "selected",
-                "val. acc. (%)"):
+                "val. acc. (%)", "val. ECE (%) before→after"):
         t.add_column(col, justify="left" if col == "test subjects" else "right")
 
     def pct(v) -> str:
@@ -290,14 +290,14 @@ def _print_folds(result: CrossvalResult) -> None:
         t.add_row(str(s["fold"]), test if len(test) <= 30 else test[:27] + "...", str(len(s["test_nights"])),
                   str(s["epochs"]), pct(s["accuracy"]), "—" if s["kappa"] is None else f"{s['kappa']:.3f}",
                   pct(s["macro_f1"]), "last" if s["best_step"] is None else str(s["best_step"]),
-                  pct(s["val_accuracy"]))
+                  pct(s["val_accuracy"]), f"{pct(s.get('val_ece_before'))}→{pct(s.get('val_ece_after'))}")
     if len(result.folds) > 1:
         def mean_sd(key: str, scale: float, digits: int) -> str:
             v = np.array([s[key] for s in result.folds if s[key] is not None], dtype=float)
             return f"{scale * np.nanmean(v):.{digits}f} ± {scale * np.nanstd(v, ddof=1):.{digits}f}"
 
         t.add_row("mean ± sd", "", "", "", mean_sd("accuracy", 100, 1), mean_sd("kappa", 1, 3),
-                  mean_sd("macro_f1", 100, 1), "", "")
+                  mean_sd("macro_f1", 100, 1), "", "", "")
     con.out.print(t)
 
 

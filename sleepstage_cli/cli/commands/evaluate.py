@@ -39,6 +39,8 @@ def evaluate(
                                  "inferred, else 30).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the files of an earlier evaluation in the "
                                         "output folder.")] = False,
+    ignore_start: Annotated[bool, typer.Option("--ignore-start", help="Compare a prediction and a reference even "
+                                               "when their start times are more than a day apart.")] = False,
 ) -> None:
     """Compare predicted hypnograms with reference ones: accuracy, kappa, macro-F1, confusion, sleep statistics.
 
@@ -46,7 +48,8 @@ def evaluate(
     ignored; Sleep-EDF by the first 6 characters, MASS by the subject code) and epochs by onset time,
     so a prediction that starts later or skips epochs is still compared epoch for epoch. Unscored
     epochs in either never count. Metrics are pooled over all epochs (as the SeqSleepNet paper reports them) and
-    given per night with mean and SD over nights.
+    given per night with mean and SD over nights. A prediction and a reference that start more than a day
+    apart are two recordings: refused unless --ignore-start.
     """
     from sleepstage_cli.errors import InputError, OutputExistsError
     from sleepstage_cli.evaluation.evaluate import OUTPUT_FILES, evaluate_paths
@@ -66,7 +69,7 @@ def evaluate(
     bar.start()
     try:
         ev = evaluate_paths(pred, ref, tolerance=tolerance, epoch_length=epoch_length,
-                            on_night=lambda _: bar.advance(task))
+                            on_night=lambda _: bar.advance(task), ignore_start=ignore_start)
     finally:
         bar.stop()
     for note in ev.notes:

@@ -20,7 +20,7 @@ _EXAMPLE = """Examples:
 
   sleepstage prepare mass/SS3/ -o ss3-data --jobs 2
 
-  sleepstage prepare sleep-cassette/ -o sedf-data --channels eeg,eog
+  sleepstage prepare sleep-cassette/ -o sedf-data              (EEG Fpz-Cz + EOG horizontal)
 
   sleepstage prepare lab/ -o lab-data --eeg "C4-M1" --eog "E2-M1 - E1-M1" --emg "Chin1-Chin2"
 
@@ -66,8 +66,8 @@ def prepare(
                                                    show_default=False)] = None,
     layout: Annotated[str, typer.Option(help="auto, mass, sleep-edf or generic.")] = "auto",
     channels: Annotated[Optional[str], typer.Option(
-        "--channels", help="Channel kinds to use, in any order: eeg,eog,emg (default: all three for MASS and "
-                           "Sleep-EDF, the kinds you name otherwise).", show_default=False)] = None,
+        "--channels", help="Channel kinds to use, in any order: eeg,eog,emg (default: all three for MASS, EEG and "
+                           "EOG for Sleep-EDF, the kinds you name otherwise).", show_default=False)] = None,
     eeg: Annotated[Optional[str], typer.Option(help='EEG label or derivation "A-B"; alternatives separated by "|".',
                                                show_default=False)] = None,
     eog: Annotated[Optional[str], typer.Option(help='EOG label or derivation, e.g. "EOG ROC-LOC".',
@@ -147,7 +147,7 @@ def _plan(sources: list[Path], layout: str, subject_pattern: str | None, channel
           epoch_length: float | None, cond: Conditioning):
     """The nights found (and the files left out) and the PrepareOptions of the layout found; says what was found."""
     from sleepstage_cli.data.prepare import DEFAULT_MIN_HOURS, DEFAULT_TRIM_MINUTES, PrepareOptions
-    from sleepstage_cli.io.channels import build_spec, parse_kinds
+    from sleepstage_cli.io.channels import build_spec, parse_kinds, preset_note
     from sleepstage_cli.io.layout import DEFAULT_SUBJECT_PATTERN, discover
 
     layout_name, nights, skips = discover(list(sources), layout.lower(), subject_pattern or DEFAULT_SUBJECT_PATTERN)
@@ -164,6 +164,9 @@ def _plan(sources: list[Path], layout: str, subject_pattern: str | None, channel
                  else spec.describe())
     con.info(f"{layout_name} layout: {len(nights)} night(s) found, {len(skips)} file(s) left out; "
              f"channels {described}; {cond.describe()}")
+    note = preset_note(preset, spec.kinds) if channels is None else None
+    if note:
+        con.info(note)
     return nights, skips, opts
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from sleepstage_cli.cli import console as con
@@ -31,6 +34,10 @@ _EXAMPLE = """Examples:
 """
 
 FORMATS = ("csv", "tsv", "edf")
+_FILE_SUFFIXES = (".csv", ".txt")
+"""``-o`` ending so, for one night, is its hypnogram CSV, written to that very name."""
+_OTHER_FILE_SUFFIXES = (".tsv", ".edf", ".bdf", ".html", ".htm", ".json", ".xlsx", ".pdf")
+"""Files, never folders: ``-o`` ending so is refused when several nights are scored."""
 FORMAT_ALIASES = {"bids": "tsv", "events": "tsv", "edf+": "edf", "annotations": "edf"}
 
 
@@ -105,7 +112,8 @@ def _default_model() -> Path:
 @command
 def score(
     nights: Annotated[list[Path], typer.Argument(help="EDF files, or folders of them, to score.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Hypnogram CSV (one night) or a folder.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="One night's hypnogram CSV (NAME.csv or NAME.txt; "
+                                         "its other files are named after it), or a folder.")],
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: the model shipped "
                                                   "with sleepstage, if any).", show_default=False)] = None,
     eeg: Annotated[Optional[str], typer.Option(help="EEG label or derivation in these files, if the model's own "
@@ -123,11 +131,28 @@ def score(
                                                         "with several nights, a folder of hypnograms, each "
                                                         "paired with its night as 'prepare' pairs them.",
                                                         show_default=False)] = None,
+    ignore_start: Annotated[bool, typer.Option("--ignore-start", help="Use an --epochs-from hypnogram even when "
+                                               "its start time is more than a day from the recording's (another "
+                                               "recording's, or dates anonymised differently).")] = False,
     low_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Epochs whose stage probability is "
                                                   "below this are flagged for review.")] = 0.6,
+    lights_off: Annotated[Optional[str], typer.Option("--lights-off", metavar="HH:MM", help="Clock time of lights "
+                                                      "off (default: a 'Lights off' annotation in the EDF+, if "
+                                                      "any): time in bed and latencies count from it.",
+                                                      show_default=False)] = None,
+    lights_on: Annotated[Optional[str], typer.Option("--lights-on", metavar="HH:MM", help="Clock time of lights on "
+                                                     "(earlier than --lights-off: the next day).",
+                                                     show_default=False)] = None,
+    sleep_period: Annotated[Optional[str], typer.Option("--sleep-period", metavar="auto|all", help="Without lights "
+                                                        "off/on, the statistics cover: auto, the main sleep period; "
+                                                        "all, the whole recording [default: all up to 18 h, auto "
+                                                        "beyond].", show_default=False)] = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Epochs encoded per batch.")] = 256,
     force: Annotated[bool, typer.Option("--force", help="Replace existing outputs.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse every night that does not fit what the model "
+                                         "was trained on (other channels, amplitudes or spectra, a test signal): "
+                                         "nothing is written for it and the command fails.")] = False,
 ) -> None:
     """Score EDF nights: a hypnogram per night (stages, probabilities, confidence) and a staging report.
 
@@ -140,10 +165,11 @@ def score(
     fmt.add("csv")
     if not 0 <= low_confidence <= 1:  # NaN gets past the option's range
         raise InputError("--low-confidence must be between 0 and 1")
+    period = _period_options(lights_off, lights_on, sleep_period)
     overrides = {k: tuple(v.strip() for v in val.split("|") if v.strip())
                  for k, val in (("eeg", eeg), ("eog", eog), ("emg", emg)) if val}
     files = _inputs(nights)
-    grids = _epoch_grids(files, epochs_from)
+    grids = _epoch_grids(files, epochs_from, ignore_start)
     plan, summary_path = _plan(files, output, fmt, report, attention)
     model_path = model or _default_model()
     inputs = [*nights, *files, *grids.values(), *([epochs_from] if epochs_from else []), model_path]
@@ -158,7 +184,7 @@ def score(
         output.mkdir(parents=True, exist_ok=True)
     summary = _Summary(summary_path, plan, kept, unfinished)
     failures, stopped = _score_nights(plan, grids, summary, spec, cond, model_path, loaded, device,
-                                      _Scoring(attention, low_confidence, batch_size))
+                                      _Scoring(attention, low_confidence, batch_size, *period, strict=strict))
     summary.save(final=True)
     if summary.rows:
         _print_summary(summary.rows)
@@ -172,8 +198,10 @@ def _plan(files: list[Path], output: Path, fmt: set[str], report: bool,
     """The files each night is written to, and the summary.csv (None when one night goes to ``output``)."""
     from sleepstage_cli.io.layout import night_key
 
-    if len(files) == 1 and output.suffix.lower() == ".csv":
-        return {files[0]: _targets(output.with_suffix(""), fmt, report, attention)}, None
+    if _names_a_file(files, output):
+        targets = _targets(output.with_suffix(""), fmt, report, attention)
+        targets.csv = output  # the name given, .txt included; the other files are named after its stem
+        return {files[0]: targets}, None
     if output.exists() and not output.is_dir():
         raise SleepstageError("output exists and is not a folder (give a folder to score several nights)", output)
     keys = [night_key(f) for f in files]
@@ -181,6 +209,28 @@ def _plan(files: list[Path], output: Path, fmt: set[str], report: bool,
     if dup:
         raise InputError(f"several input files are night {dup[0]!r}; score them into separate folders")
     return {f: _targets(output / k, fmt, report, attention) for f, k in zip(files, keys)}, output / "summary.csv"
+
+
+def _names_a_file(files: list[Path], output: Path) -> bool:
+    """Whether ``-o`` names one night's hypnogram file (it ends in .csv or .txt) rather than a folder.
+
+    Refused: a file name when several nights are scored, and for one night a suffix that is a file type
+    score does not write (a folder whose name has a dot is used once it exists). A .csv or .txt name for one
+    night is the file even when a folder has that name (writing it is then refused as writing over a folder).
+    """
+    suffix = output.suffix.lower()
+    if len(files) == 1 and suffix in _FILE_SUFFIXES:
+        return True
+    if output.is_dir() or not re.fullmatch(r"\.[a-z][a-z0-9]{0,4}", suffix):
+        return False  # no suffix, or not a file type's ('scored.2024'): a folder
+    if len(files) > 1:
+        if suffix in _FILE_SUFFIXES + _OTHER_FILE_SUFFIXES:
+            raise InputError(f"names a {suffix} file but {len(files)} nights are scored: give a folder for them",
+                             output)
+        return False
+    raise InputError(f"score cannot write a {suffix} file: a night's hypnogram is a CSV (-o NAME.csv or NAME.txt; "
+                     "--format tsv,edf adds those formats beside it), or give a folder (create it first to use "
+                     "a name with a dot)", output)
 
 
 def _model_inputs(model_path: Path, overrides: dict[str, tuple[str, ...]]):
@@ -214,6 +264,35 @@ class _Scoring:
     attention: bool
     low_confidence: float
     batch_size: int
+    lights_off: dt.time | None = None
+    lights_on: dt.time | None = None
+    sleep_period: str | None = None
+    strict: bool = False  # --strict: a night that does not fit the model is refused, nothing written for it
+
+
+def _period_options(lights_off: str | None, lights_on: str | None,
+                    sleep_period: str | None) -> tuple[dt.time | None, dt.time | None, str | None]:
+    """--lights-off, --lights-on and --sleep-period checked before any work."""
+    from sleepstage_cli.evaluation.period import PERIOD_MODES
+    from sleepstage_cli.io.lights import parse_clock
+
+    mode = sleep_period.strip().lower() if sleep_period is not None else None
+    if mode is not None and mode not in PERIOD_MODES:
+        raise InputError(f"--sleep-period takes {' or '.join(PERIOD_MODES)}, not {sleep_period!r}")
+    return (parse_clock(lights_off, "--lights-off") if lights_off is not None else None,
+            parse_clock(lights_on, "--lights-on") if lights_on is not None else None, mode)
+
+
+def _analyse(night, how: _Scoring):
+    """The night's sleep period (lights off/on from the command line, else from its annotations) and statistics."""
+    from sleepstage_cli.evaluation.period import analyse_night
+    from sleepstage_cli.io.lights import clock_lights, merge_lights
+
+    given = clock_lights(night.start, how.lights_off, how.lights_on)
+    analysis = analyse_night(night.onsets, night.stages, night.epoch_length, merge_lights(given, night.lights),
+                             how.sleep_period, night.start)
+    night.notes.extend(analysis.period.notes)
+    return analysis
 
 
 def _score_nights(plan: dict[Path, Targets], grids: dict[Path, Path], summary: _Summary, spec, cond,
@@ -245,7 +324,7 @@ def _score_nights(plan: dict[Path, Targets], grids: dict[Path, Path], summary: _
                     if isinstance(night, SleepstageError):
                         raise night
                     row = _score_one(night, plan[path], loaded, dev, how.attention, how.low_confidence,
-                                     how.batch_size, grids.get(path), functools.partial(summary.commit, path))
+                                     how.batch_size, grids.get(path), functools.partial(summary.commit, path), how)
                     summary.done(path, row)
                 except SleepstageError as exc:
                     if STATE.debug:
@@ -360,9 +439,20 @@ def _check_outputs(plan: dict[Path, Targets], summary_path: Path | None, inputs:
         check_writable_output(path, force or path in ours)
 
 
-def _epoch_grids(files: list[Path], epochs_from: Path | None) -> dict[Path, Path]:
+def _epoch_grids(files: list[Path], epochs_from: Path | None, ignore_start: bool = False) -> dict[Path, Path]:
     """The hypnogram whose epochs each recording is scored on (``--epochs-from``); recordings left out
-    get 30-s epochs from their start. A folder is paired night by night exactly as ``prepare`` pairs."""
+    get 30-s epochs from their start. A folder is paired night by night exactly as ``prepare`` pairs.
+    A pair whose start times are more than a day apart is refused (unless ``ignore_start``)."""
+    grids = _paired_grids(files, epochs_from)
+    if not ignore_start:
+        from sleepstage_cli.io.hypnogram import file_start, refuse_other_recording
+
+        for psg, hyp in grids.items():
+            refuse_other_recording(hyp, file_start(hyp), psg, file_start(psg))
+    return grids
+
+
+def _paired_grids(files: list[Path], epochs_from: Path | None) -> dict[Path, Path]:
     if epochs_from is None:
         return {}
     if not epochs_from.exists():
@@ -394,40 +484,56 @@ def _epoch_grids(files: list[Path], epochs_from: Path | None) -> dict[Path, Path
 
 
 def _score_one(read, targets: Targets, loaded, device, attention, low_conf, batch_size,
-               epochs_from: Path | None, commit: Callable[[dict], None]) -> dict:
+               epochs_from: Path | None, commit: Callable[[dict], None], how: _Scoring | None = None) -> dict:
     """Score a read night and write its files; ``commit`` gets the night's summary row before the first one."""
     import numpy as np
 
-    from sleepstage_cli.evaluation.sleepstats import sleep_statistics
     from sleepstage_cli.scoring.pipeline import score_read_night
 
+    _refuse_unfit(read, loaded, how)  # --strict: before the network runs or anything is written
     night = score_read_night(read, loaded, device, attention, batch_size=batch_size)
-    stats = sleep_statistics(night.stages, night.epoch_length)
+    analysis = _analyse(night, how or _Scoring(attention, low_conf, batch_size))
+    stats = analysis.statistics  # over lights off to on, the main sleep period or the whole recording
     low = np.nan_to_num(night.confidence, nan=1.0) < low_conf
     counts = {s: int((night.stages == i).sum()) for i, s in enumerate(("W", "N1", "N2", "N3", "REM"))}
     row = {"night": night.night_id, "source": str(read.source), "epochs": night.n_epochs,
            **{f"epochs_{k}": v for k, v in counts.items()},
            "unscored": int((night.stages < 0).sum()), "TST_min": stats.get("TST"), "SE_pct": stats.get("SE"),
            "SOL_min": stats.get("SOL"), "WASO_min": stats.get("WASO"), "REM_latency_min": stats.get("Lat_REM"),
+           "stats_period": analysis.period.kind, **_lights_columns(night.start, analysis.times),
            "low_confidence_epochs": int(low.sum()), "flagged_epochs": sum(1 for f in night.flags if f),
            "mean_confidence": float(np.nanmean(night.confidence)) if np.isfinite(night.confidence).any() else None,
+           "fit": night.fit.label, "fit_reasons": night.fit.why,
            "hypnogram": str(targets.csv), "report": str(targets.report) if targets.report else "",
            "model": str(loaded.path), "epochs_from": str(epochs_from or "")}
     commit(row)
-    _write_night(night, targets, loaded, stats, low_conf)
+    _write_night(night, targets, loaded, stats, low_conf, analysis)
+    _say_fit(night.night_id, night.fit)
     for note in night.notes:
         con.warn(f"{night.night_id}: {note}")
     return row
 
 
-def _write_night(night, targets: Targets, loaded, stats: dict, low_conf: float) -> None:
+def _lights_columns(start: dt.datetime | None, times: dict) -> dict:
+    """summary.csv's lights_off / lights_on: ISO date-times (seconds from the start without one), blank if unknown."""
+    out = {}
+    for key in ("lights_off", "lights_on"):
+        t = times.get(key)
+        if t is None or t != t:
+            out[key] = ""
+        else:
+            out[key] = (start + dt.timedelta(seconds=t)).isoformat(timespec="seconds") if start else round(t, 1)
+    return out
+
+
+def _write_night(night, targets: Targets, loaded, stats: dict, low_conf: float, analysis=None) -> None:
     from sleepstage_cli.io import export
     from sleepstage_cli.report.html import night_report_html, write_report
-    from sleepstage_cli.scoring.pipeline import provenance, stage_names
+    from sleepstage_cli.scoring.pipeline import model_card, provenance, stage_names
 
     names = stage_names(night.stages)
     export.write_csv(targets.csv, export.hypnogram_table(night.onsets, names, night.probabilities,
-                                                         night.confidence, night.flags))
+                                                         night.confidence, night.flags, night.start))
     if targets.tsv:
         export.write_events_tsv(targets.tsv, night.onsets, night.epoch_length, names, night.confidence)
     if targets.edf:
@@ -445,8 +551,39 @@ def _write_night(night, targets: Targets, loaded, stats: dict, low_conf: float) 
             "probabilities": night.probabilities, "confidence": night.confidence,
             "flags": [[p for p in f.split("; ") if p] for f in night.flags], "low_confidence_threshold": low_conf,
             "model": model_info, "statistics": stats, "notes": night.notes,
-            "start": night.start, "epoch_length": night.epoch_length})
+            "start": night.start, "epoch_length": night.epoch_length, "model_card": model_card(loaded),
+            "channels": night.channels, "verdict": night.fit.report_verdict() if night.fit else None,
+            **(analysis.report_fields(night.onsets, night.epoch_length, night.start) if analysis else {})})
         write_report(targets.report, html)
+
+
+def _refuse_unfit(read, loaded, how: _Scoring | None) -> None:
+    """With --strict, a night that does not fit the model (or a model that cannot tell) is refused."""
+    from sleepstage_cli.scoring.fitcheck import check_fit
+
+    if how is None or not how.strict:
+        return
+    verdict = check_fit(loaded.meta.get("fit"), read.fit)
+    if verdict.fits is None:
+        raise InputError(f"refused (--strict): the model file {loaded.path.name if loaded.path else ''} has no fit "
+                         "record (it was written before sleepstage recorded what a model was trained on), so "
+                         "no night can be checked; train it again, or score without --strict", read.source)
+    if not verdict.fits:
+        raise InputError(f"refused (--strict), nothing written for it: {verdict.summary()}", read.source)
+
+
+def _say_fit(night_id: str, verdict) -> None:
+    """The night's fit verdict: one line when it fits, else a warning and its reasons one per line."""
+    if verdict is None:
+        return
+    if verdict.fits is False:
+        con.warn(f"{night_id}: does not fit the model (--strict refuses such nights):")
+        for reason in verdict.reasons:
+            con.info(f"  - {reason}")
+    else:
+        con.info(f"{night_id}: {verdict.summary()}")
+    for note in verdict.notes if verdict.fits is not None else []:
+        con.info(f"  note: {note}")
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -456,13 +593,16 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def _print_summary(rows: list[dict]) -> None:
-    table = Table(title="Scored nights", title_justify="left")
-    for col in ("night", "epochs", "TST (h)", "SE (%)", "SOL (min)", "WASO (min)", "W/N1/N2/N3/REM (%)",
-                "low conf.", "flagged"):
-        if col == "night":  # what a reader looks for: other columns wrap first on a narrow terminal
-            table.add_column(col, no_wrap=True, min_width=min(30, max(len(r["night"]) for r in rows)))
+    # 80 columns hold night names of up to 11 characters: no vertical rules, two-line headers, figures never
+    # wrapped; only a longer night name (one word) is folded.
+    table = Table(title="Scored nights", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True,
+                  show_edge=False)
+    for col in ("night", "epochs", "TST\n(h)", "SE\n(%)", "SOL\n(min)", "WASO\n(min)", "W/N1/N2/N3/REM\n(%)",
+                "low\nconf.", "flagged"):
+        if col == "night":  # what a reader looks for: the widest column that can give way
+            table.add_column(col, overflow="fold", min_width=min(30, max(len(r["night"]) for r in rows)))
         else:
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         scored = sum(r[f"epochs_{s}"] for s in ("W", "N1", "N2", "N3", "REM")) or 1
         pct = "/".join(f"{100 * r[f'epochs_{s}'] / scored:.0f}" for s in ("W", "N1", "N2", "N3", "REM"))

@@ -123,6 +123,13 @@ def _print_result(result) -> None:
             table.add_row(f"  F1 {s}", "n/a" if f1 != f1 else f"{100 * f1:.1f} %")
     else:
         table.add_row("selection", "last step (no validation)")
+    cal = result.calibration or {}
+    if cal.get("ece_before") is not None:
+        table.add_row("temperature (calibration)", f"{cal['temperature']:.3f}")
+        table.add_row("validation ECE before / after",
+                      f"{100 * cal['ece_before']:.1f} % / {100 * cal['ece_after']:.1f} %")
+    elif cal:
+        table.add_row("calibration", cal.get("note", "not calibrated"))
     con.out.print(table)
     csv_path, json_path = log_paths(result.output)
     con.info(f"training log: {csv_path}, {json_path}")

@@ -80,13 +80,15 @@ def _assert_ignored_by_git(folder: Path) -> None:
 def test_every_option_the_readme_names_exists() -> None:
     text = README.read_text()
     helps = {}
-    for cmd in ("simulate", "prepare", "train", "crossval", "score", "evaluate"):
+    for cmd in ("fetch", "simulate", "prepare", "train", "crossval", "score", "evaluate"):
         proc = run_cli(cmd, "--help")
         assert proc.returncode == 0
         helps[cmd] = proc.stdout
+    helps["models"] = "".join(run_cli("models", sub, "--help").stdout for sub in ("list", "show", "install", "remove"))
     checked = 0
     # Options written in command lines (`sleepstage CMD ... --opt`) and in the section of each command.
-    for cmd, body in re.findall(r"sleepstage (simulate|prepare|train|crossval|score|evaluate)\b([^\n`&]*)", text):
+    commands = "fetch|simulate|prepare|train|crossval|score|evaluate|models"
+    for cmd, body in re.findall(rf"sleepstage ({commands})\b([^\n`&]*)", text):
         for opt in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", body):
             assert opt in helps[cmd], f"README uses {opt} with 'sleepstage {cmd}', which has no such option"
             checked += 1

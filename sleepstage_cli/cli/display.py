@@ -70,6 +70,10 @@ def print_choices(opts: TrainOptions, dataset: str | None = None) -> None:
     cell = "" if opts.net == "deepsleepnet" else f", cell {hp.get('rnn', 'gru')}"
     seq = f", L={opts.resolved_seq_len()}" if opts.resolved_seq_len() > 1 else ""
     preset = f"preset {opts.preset}: " if opts.preset else ""
+    if opts.init is not None:
+        from sleepstage_cli.training.finetune import describe
+
+        con.info(describe(opts))
     con.info(f"{preset}{opts.net}{cell}{seq}; {opts.epochs} passes, batch {opts.batch_size}, lr {opts.lr:g}, "
              f"L2 {opts.l2:g}; validation every {opts.eval_every} steps, selection {opts.select}"
              + (f"; data {dataset}" if dataset else ""))

@@ -12,12 +12,14 @@ from sleepstage_cli.cli.app import app
 # Each module registers its command; `sleepstage --help` lists them in this order.
 # isort: off
 from sleepstage_cli.cli.commands import (  # noqa: F401
+    fetch,
     train,
     crossval,
     evaluate,
     prepare,
     score,
     simulate,
+    models,
 )
 # isort: on
 

@@ -20,7 +20,17 @@ SeqLenOpt = Annotated[Optional[int], typer.Option(help="Epochs per sequence L (d
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Passes over the training windows (default: 10; 20 for the "
                                                   "epoch-wise ARNNs, as released).", show_default=False)]
 BatchSizeOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
-LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate (default: 1e-4; 1e-5 with "
+                                                "--init).", show_default=False)]
+InitOpt = Annotated[Optional[str], typer.Option("--init", help="Fine-tune: start from this model's weights (a file, or "
+                                                "an installed model's name; same network and channel kinds; its "
+                                                "L, channels and cell are the defaults). Normalisation "
+                                                "statistics are re-estimated on the new nights unless "
+                                                "--keep-normalisation.", show_default=False)]
+FreezeOpt = Annotated[str, typer.Option("--freeze", help="With --init, keep the parent's weights of: filterbank, "
+                                        "epoch-encoder (filterbank, epoch-level RNN and attention) or none.")]
+KeepNormOpt = Annotated[bool, typer.Option("--keep-normalisation", help="With --init, keep the parent's "
+                                           "normalisation statistics instead of re-estimating them.")]
 L2Opt = Annotated[float, typer.Option(help="L2 weight (all weights but the filterbanks).")]
 EvalEveryOpt = Annotated[Optional[int], typer.Option(help="Validate (and checkpoint) every N steps (default: 100; "
                                                      "500 for the epoch-wise ARNNs, as released).",
@@ -51,9 +61,15 @@ DropoutOpt = Annotated[Optional[float], typer.Option(help="Dropout rate (default
 def train_options(model: str, channels: Optional[str], seq_len: Optional[int], epochs: Optional[int],
                   batch_size: int, lr: float, l2: float, eval_every: Optional[int], seed: int, device: str, amp: bool,
                   workers: Optional[int], max_steps: Optional[int], rnn: Optional[str], output_layer: Optional[str],
-                  dropout: Optional[float], select: Optional[str] = None, preset: Optional[str] = None):
-    """Build TrainOptions from command-line values (shared by train and crossval)."""
+                  dropout: Optional[float], select: Optional[str] = None, preset: Optional[str] = None,
+                  init: Optional[str] = None, freeze: str = "none", keep_normalisation: bool = False):
+    """Build TrainOptions from command-line values (shared by train and crossval).
+
+    ``lr`` None: the default, lower with ``init``; with ``init`` the parent model fixes L, channels and cell
+    (training/finetune.py), so the options shown and recorded are the ones trained with.
+    """
     from sleepstage_cli.io.channels import parse_kinds
+    from sleepstage_cli.training.finetune import default_lr, load_parent
     from sleepstage_cli.training.train import TrainOptions, check_values, preset_choices
 
     if preset is not None:
@@ -76,8 +92,12 @@ def train_options(model: str, channels: Optional[str], seq_len: Optional[int], e
     if dropout is not None:
         hparams["dropout"] = dropout
     opts = TrainOptions(net=model, channels=parse_kinds(channels) if channels else None, seq_len=seq_len,
-                        epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, eval_every=eval_every, seed=seed,
+                        epochs=epochs, batch_size=batch_size, lr=default_lr(init) if lr is None else lr, l2=l2,
+                        eval_every=eval_every, seed=seed,
                         device=device, amp=amp, workers=workers, max_steps=max_steps, hparams=hparams,
-                        select=select or "aggregated", preset=preset)
+                        select=select or "aggregated", preset=preset, init=init, freeze=freeze,
+                        keep_normalisation=keep_normalisation)
     check_values(opts)  # before the dataset is read
+    if init is not None:
+        opts = load_parent(init).adapt(opts)
     return opts

@@ -26,3 +26,41 @@ def default_model() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def shipped_models() -> dict[str, Path]:
+    """The models shipped in ``models/``, by name (the file's stem; the first folder wins)."""
+    found: dict[str, Path] = {}
+    for folder in zoo_folders():
+        for path in sorted(folder.glob("*.pt")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def model_names() -> tuple[list[str], list[str]]:
+    """The names of the installed and of the shipped models."""
+    from sleepstage_cli.model.registry import read_index
+
+    return sorted(read_index()), sorted(shipped_models())
+
+
+def resolve_model(text: str | Path) -> Path:
+    """The model file that ``--model TEXT`` means: an existing path wins; else an installed model of that
+    name (its sha256 checked against the index); else a shipped one; else a one-line error listing names."""
+    from sleepstage_cli.errors import InputError
+    from sleepstage_cli.model.registry import read_index, verified_path
+
+    path = Path(text)
+    if path.exists():
+        return path
+    name = str(text)
+    if name in read_index():
+        return verified_path(name)
+    shipped = shipped_models()
+    if name in shipped:
+        return shipped[name]
+    installed, shipped_names = sorted(read_index()), sorted(shipped)
+    known = "; ".join(f"{what}: {', '.join(names)}" for what, names in (("installed", installed),
+                                                                          ("shipped", shipped_names)) if names)
+    raise InputError(f"model file not found, nor a model named {name!r} ("
+                     + (known if known else "no model is installed or shipped") + "; see 'sleepstage models list')")

@@ -335,6 +335,9 @@ def model_card(loaded: LoadedModel) -> dict[str, str]:
                  f"kappa {kappa:.3f}" if isinstance(kappa, (int, float)) else ""]
         card["Validation"] = ", ".join(p for p in parts if p) + f" on {n_val} held-out night{'s' * (n_val != 1)}"
     card["Model file"] = _model_file(loaded.path) or "?"
+    from sleepstage_cli.model.card import report_rows  # licence and intended use (sleepstage models show: all)
+
+    card.update({k: v for k, v in report_rows(meta, None).items()})
     return card
 
 

@@ -14,6 +14,8 @@ A run folder (RUN) holds::
     evaluation/              write_evaluation's files over predictions/ (metrics.json, report.html...)
     folds.csv, nights.csv    per-fold figures (calibration too: T, validation ECE before/after, test ECE);
                              per night its subject, fold and figures
+    card.json, card.md       the run's model card: data, channels, network, cross-validated metrics
+                             pooled and mean ± SD over the folds (sleepstage_cli/model/card.py)
 
 Everything is written atomically. The pooled figures are ``evaluate_paths(RUN/predictions, DATASET)``,
 so ``sleepstage evaluate RUN/predictions DATASET`` reproduces them exactly. Folds run in this process
@@ -40,8 +42,11 @@ from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset, dataset_label
 from sleepstage_cli.digests import last_name, without_folders
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
+from sleepstage_cli.model.card import build_crossval_card, write_card
 from sleepstage_cli.training.folds import (
     CALIBRATION_COLUMNS,
+    CARD_JSON,
+    CARD_MD,
     EVALUATION,
     FOLDS_CSV,
     NIGHTS_CSV,
@@ -399,6 +404,9 @@ def finish_run(plan: RunPlan) -> CrossvalResult:
              *(n.metrics[k] for k in ("accuracy", "kappa", "macro_f1"))] for n in ev.nights]
     atomic_write_text(run_dir / NIGHTS_CSV, _table(["night", "subject", "fold", "epochs", "accuracy", "kappa",
                                                     "macro_f1"], rows))
+    write_card(build_crossval_card(plan.identity, summaries, ev.pooled, plan.split.made_by,
+                                   Path(os.path.abspath(run_dir)).name, plan.digest),
+               run_dir / CARD_JSON, run_dir / CARD_MD)
     return CrossvalResult(run_dir=run_dir, split=plan.split, folds=summaries, evaluation=ev)
 
 

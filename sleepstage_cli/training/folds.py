@@ -26,7 +26,9 @@ from sleepstage_cli.training.train import Callbacks, Split, TrainOptions
 RUN_FILE, SPLIT_FILE, LOG_FILE = "crossval.json", "split.json", "crossval.log"
 PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV = "predictions", "evaluation", "folds.csv", "nights.csv"
 DONE = "DONE"
-OWNED = (RUN_FILE, SPLIT_FILE, LOG_FILE, PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV)  # besides the fold-NN/
+CARD_JSON, CARD_MD = "card.json", "card.md"  # the run's model card: cross-validated metrics (model/card.py)
+OWNED = (RUN_FILE, SPLIT_FILE, LOG_FILE, PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV, CARD_JSON,
+         CARD_MD)  # besides the fold-NN/
 SUMMARY_METRICS = ("accuracy", "kappa", "macro_f1", "mean_sensitivity", "mean_specificity")
 
 

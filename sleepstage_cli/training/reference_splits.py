@@ -75,6 +75,12 @@ def night_id(split_dataset: str, name: str) -> str:
     return name if split_dataset == "mass" else sleepedf_night_id(name)
 
 
+def reference_night_ids(name: str) -> list[str]:
+    """Our ids of every night of the shipped split ``name``, sorted (``sleepedf-20`` -> SC4001, SC4002, ...)."""
+    data, _ = read_reference(name)
+    return sorted({night_id(data["dataset"], n) for n in data["epochs"]})
+
+
 def _listing(names: list[str], limit: int = 8) -> str:
     more = f", ... ({len(names)} in all)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more

@@ -33,6 +33,7 @@ from sleepstage_cli.fsutil import (
     refuse_replacing_inputs,
 )
 from sleepstage_cli.interrupts import GracefulStop
+from sleepstage_cli.model.card import write_model_card
 from sleepstage_cli.model.modelfile import read_torch_file, save_model
 from sleepstage_cli.model.nets import NETS
 from sleepstage_cli.model.staging import StagingModel
@@ -40,6 +41,8 @@ from sleepstage_cli.scoring.inference import autocast_for, score_night
 from sleepstage_cli.spectrograms.cache import SpectrogramCache
 from sleepstage_cli.spectrograms.frontend import RunningStats
 from sleepstage_cli.stages import STAGES
+from sleepstage_cli.training import finetune
+from sleepstage_cli.training.finetune import check_freeze, init_record
 
 DEFAULT_SEQ_LEN = {"seqsleepnet": 20, "deepsleepnet": 20, "e2e-arnn": 1, "multitask-arnn": 1}
 # The released code trains the epoch-wise baselines longer and validates them less often (SPEC.md).
@@ -74,6 +77,9 @@ class TrainOptions:
     hparams: dict = field(default_factory=dict)
     select: str = "aggregated"  # model selection: see evaluate / evaluate_per_position
     preset: str | None = None  # recorded only: the preset's choices are already in the other fields
+    init: str | None = None  # fine-tuning: the parent model file (training/finetune.py)
+    freeze: str = "none"  # fine-tuning: filterbank, epoch-encoder or none
+    keep_normalisation: bool = False  # fine-tuning: keep the parent's normalisation statistics
 
     def __post_init__(self) -> None:
         if self.epochs is None:
@@ -87,7 +93,8 @@ class TrainOptions:
     def fingerprint(self) -> dict:
         """The options a resumed run must share with the interrupted one (device and workers may change).
 
-        ``select`` and ``preset`` appear only when not the default, so runs of earlier versions still resume.
+        ``select``, ``preset`` and the fine-tuning options appear only when not the default, so runs of earlier
+        versions still resume; the parent model appears as its file name and sha256 (never a path).
         """
         d = asdict(self)
         for k in ("device", "workers", "amp"):
@@ -96,6 +103,11 @@ class TrainOptions:
             d.pop("select")
         if d["preset"] is None:
             d.pop("preset")
+        for key, default in (("init", None), ("freeze", "none"), ("keep_normalisation", False)):
+            if d[key] == default:
+                d.pop(key)
+        if self.init is not None:
+            d["init"] = init_record(self.init)
         d["seq_len"] = self.resolved_seq_len()
         d["channels"] = list(d["channels"]) if d["channels"] else None
         return d
@@ -266,6 +278,7 @@ def check_values(opts: TrainOptions) -> None:
         raise InputError(f"--select takes {' or '.join(SELECTIONS)}, not {opts.select!r}")
     if opts.preset is not None and opts.preset not in PRESETS:
         raise InputError(f"--preset takes {' or '.join(PRESETS)}, not {opts.preset!r}")
+    check_freeze(opts.freeze, opts.init)
 
 
 def check_options(ds: PreparedDataset, opts: TrainOptions) -> tuple[tuple[str, ...], list[int]]:
@@ -422,17 +435,18 @@ def train_model(dataset: str | Path, output: str | Path, opts: TrainOptions, spl
     cb = callbacks or Callbacks()
     t_start = time.time()
     output = Path(output)
-    data = _select_data(dataset, output, opts, split, val_subjects, val_fraction, exclude_subjects)
+    parent, opts = _parent_model(opts)
+    data = _select_data(dataset, output, opts, split, val_subjects, val_fraction, exclude_subjects, parent)
     devices = _set_up_devices(opts)
     fingerprint, ckpt = _checkpoint_to_resume(output, opts, data, resume, force)
-    model = _seeded_model(opts, data, devices.device)
+    model = _seeded_model(opts, data, devices.device, parent)
     cache, train_set, total_steps = _training_windows(opts, data, model, devices, cb)
     run = _Run(opts, data, devices, output, fingerprint, cb, model, cache, train_set, total_steps,
-               optimizer=torch.optim.Adam(model.parameters(), lr=opts.lr),
-               scaler=torch.amp.GradScaler("cuda", enabled=devices.amp))
+               optimizer=torch.optim.Adam(finetune.trainable_parameters(model), lr=opts.lr),
+               scaler=torch.amp.GradScaler("cuda", enabled=devices.amp), parent=parent)
     if ckpt is not None:
         run.resume(ckpt)
-    elif model.input_kind == "spectrogram":
+    elif model.input_kind == "spectrogram" and not (parent is not None and opts.keep_normalisation):
         _set_normalisation(run)
     run.train_module = _wrap_for_ddp(model, devices)
     _train_loop(run)
@@ -463,11 +477,23 @@ class _Data:
     val_nights: list[NightRecord]
 
 
+def _parent_model(opts: TrainOptions) -> tuple[finetune.Parent | None, TrainOptions]:
+    """With --init, the parent model and the options with the architecture and channels it fixes."""
+    check_values(opts)
+    if opts.init is None:
+        return None, opts
+    parent = finetune.load_parent(opts.init)
+    return parent, parent.adapt(opts)
+
+
 def _select_data(dataset: str | Path, output: Path, opts: TrainOptions, split: Split | None,
-                 val_subjects: list[str] | None, val_fraction: float, exclude_subjects: tuple[str, ...]) -> _Data:
+                 val_subjects: list[str] | None, val_fraction: float, exclude_subjects: tuple[str, ...],
+                 parent: finetune.Parent | None = None) -> _Data:
     """Check the options against the dataset and split its subjects; nothing is written yet."""
     check_range("--val-fraction", val_fraction, 0, 1, high_open=True)
     ds = PreparedDataset(dataset)
+    if parent is not None:
+        parent.check_dataset(ds.channels, ds.root)
     kinds, index = check_options(ds, opts)
     refuse_overwriting_dataset(ds, output)
     seq_len = opts.resolved_seq_len()
@@ -544,11 +570,20 @@ def _checkpoint_to_resume(output: Path, opts: TrainOptions, data: _Data, resume:
     return fingerprint, ckpt
 
 
-def _seeded_model(opts: TrainOptions, data: _Data, device: torch.device) -> StagingModel:
-    """The untrained network, its initial weights (and every later draw) fixed by ``--seed``."""
+def _seeded_model(opts: TrainOptions, data: _Data, device: torch.device,
+                  parent: finetune.Parent | None = None) -> StagingModel:
+    """The untrained network, its initial weights (and every later draw) fixed by ``--seed``.
+
+    With --init the parent's weights replace the drawn ones (the draw still happens: later draws stay the
+    same) and the --freeze part stops learning.
+    """
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
-    model = StagingModel(opts.net, len(data.kinds), data.seq_len, **opts.hparams).to(device)
+    model = StagingModel(opts.net, len(data.kinds), data.seq_len, **opts.hparams)
+    if parent is not None:
+        parent.copy_into(model)
+        finetune.freeze(model, opts.freeze)
+    model.to(device)
     if not data.train_nights:
         raise InputError("no training night", data.ds.root)
     return model
@@ -636,6 +671,7 @@ class _Run:
     best: dict = field(default_factory=lambda: {"accuracy": -1.0, "step": None, "state": None, "metrics": None})
     log: list[dict] = field(default_factory=list)
     calibration: dict | None = None  # set by _calibrate, written into the model file and the JSON log
+    parent: finetune.Parent | None = None  # --init: the model fine-tuning started from
 
     def resume(self, ckpt: dict) -> None:
         """Continue where the checkpoint stopped, random number generators included (same weights as unstopped)."""
@@ -807,6 +843,7 @@ def _write_model(run: _Run, t_start: float) -> dict | None:
             "device": str(device), "world_size": world,
             "seconds": round(time.time() - t_start, 1),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **finetune.training_record(opts, run.parent),
         }
         spec = dict(ds.manifest["channel_spec"])
         spec = {"kinds": list(kinds), "preset": spec.get("preset"),
@@ -818,6 +855,7 @@ def _write_model(run: _Run, t_start: float) -> dict | None:
         atomic_write_json(json_path, _json_safe({"sleepstage_version": __version__, "model": output.name,
                                                  "training": training, "validation": result_val,
                                                  "calibration": run.calibration, "log": log}))
+        write_model_card(output)  # NAME.card.json and NAME.card.md beside NAME.pt (model/card.py)
         checkpoint_path(output).unlink(missing_ok=True)
     return result_val
 

@@ -23,6 +23,9 @@ from sleepstage_cli.cli.options import (
     DropoutOpt,
     EpochsOpt,
     EvalEveryOpt,
+    FreezeOpt,
+    InitOpt,
+    KeepNormOpt,
     L2Opt,
     LrOpt,
     MaxStepsOpt,
@@ -338,7 +341,7 @@ def crossval(
     seq_len: SeqLenOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 32,
-    lr: LrOpt = 1e-4,
+    lr: LrOpt = None,
     l2: L2Opt = 1e-3,
     eval_every: EvalEveryOpt = None,
     seed: SeedOpt = 0,
@@ -351,6 +354,9 @@ def crossval(
     dropout: DropoutOpt = None,
     select: SelectOpt = None,
     preset: PresetOpt = None,
+    init: InitOpt = None,
+    freeze: FreezeOpt = "none",
+    keep_normalisation: KeepNormOpt = False,
 ) -> None:
     """Subject-wise cross-validation: train a model per fold, score its test subjects, pool the metrics.
 
@@ -366,7 +372,8 @@ def crossval(
     from sleepstage_cli.training.crossval import crossval as run_crossval
 
     opts = train_options(model, channels, seq_len, epochs, batch_size, lr, l2, eval_every, seed, device, amp,
-                         workers, max_steps, rnn, output_layer, dropout, select, preset)
+                         workers, max_steps, rnn, output_layer, dropout, select, preset, init, freeze,
+                         keep_normalisation)
     device_list = _devices(devices)
     n_jobs = jobs if jobs is not None else max(1, len(device_list))
     if n_jobs < 1:

@@ -108,14 +108,23 @@ def _default_model() -> Path:
     return found
 
 
+def _model_path(model: Path) -> Path:
+    """--model: a model file, else an installed model's name (hash-checked) or a shipped one's."""
+    from sleepstage_cli.model.zoo import resolve_model
+
+    return resolve_model(model)
+
+
 @app.command(epilog=_EXAMPLE)
 @command
 def score(
     nights: Annotated[list[Path], typer.Argument(help="EDF files, or folders of them, to score.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="One night's hypnogram CSV (NAME.csv or NAME.txt; "
                                          "its other files are named after it), or a folder.")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: the model shipped "
-                                                  "with sleepstage, if any).", show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file, or the name of an installed "
+                                                  "or shipped model ('sleepstage models list'; default: the "
+                                                  "model shipped with sleepstage, if any).",
+                                                  show_default=False)] = None,
     eeg: Annotated[Optional[str], typer.Option(help="EEG label or derivation in these files, if the model's own "
                                                "names do not match.", show_default=False)] = None,
     eog: Annotated[Optional[str], typer.Option(help="EOG label or derivation.", show_default=False)] = None,
@@ -171,7 +180,7 @@ def score(
     files = _inputs(nights)
     grids = _epoch_grids(files, epochs_from, ignore_start)
     plan, summary_path = _plan(files, output, fmt, report, attention)
-    model_path = model or _default_model()
+    model_path = _model_path(model) if model is not None else _default_model()
     inputs = [*nights, *files, *grids.values(), *([epochs_from] if epochs_from else []), model_path]
     kept, unfinished, ours = (_finished(summary_path, plan, model_path, grids, inputs, force) if summary_path
                               else ([], {}, set()))

@@ -19,6 +19,9 @@ from sleepstage_cli.cli.options import (
     DropoutOpt,
     EpochsOpt,
     EvalEveryOpt,
+    FreezeOpt,
+    InitOpt,
+    KeepNormOpt,
     L2Opt,
     LrOpt,
     MaxStepsOpt,
@@ -45,6 +48,8 @@ _EXAMPLE = """Examples:
 
   sleepstage train raw-data/ -o paper.pt --preset paper   (the released code's choices; see README)
 
+  sleepstage train our-nights/ -o ours.pt --init published.pt --freeze filterbank   (fine-tune)
+
   torchrun --nproc_per_node 4 -m sleepstage_cli train data/ -o model.pt   (several GPUs)
 """
 
@@ -59,7 +64,7 @@ def train(
     seq_len: SeqLenOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = 32,
-    lr: LrOpt = 1e-4,
+    lr: LrOpt = None,
     l2: L2Opt = 1e-3,
     val_subjects: Annotated[Optional[str], typer.Option(help="Comma-separated validation subjects.",
                                                         show_default=False)] = None,
@@ -76,6 +81,9 @@ def train(
     dropout: DropoutOpt = None,
     select: SelectOpt = None,
     preset: PresetOpt = None,
+    init: InitOpt = None,
+    freeze: FreezeOpt = "none",
+    keep_normalisation: KeepNormOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")]
     = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file or checkpoint.")] = False,
@@ -89,7 +97,8 @@ def train(
     from sleepstage_cli.training.train import train_model
 
     opts = train_options(model, channels, seq_len, epochs, batch_size, lr, l2, eval_every, seed, device, amp,
-                         workers, max_steps, rnn, output_layer, dropout, select, preset)
+                         workers, max_steps, rnn, output_layer, dropout, select, preset, init, freeze,
+                         keep_normalisation)
     print_choices(opts, PreparedDataset(dataset).conditioning.describe())
     vals = [v.strip() for v in val_subjects.split(",") if v.strip()] if val_subjects else None
     cb = ProgressCallbacks()

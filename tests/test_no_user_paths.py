@@ -134,6 +134,7 @@ def test_staging_report_names_the_model_file_and_dataset_without_paths(private, 
     dataset = PreparedDataset(private["data"]).identity()
     assert f"model.pt (sha256 {short})" in html
     assert f"nights of data (sha256 {dataset['sha256'][:12]})" in html
+    assert str(private["held_out"].parent) not in html and private["held_out"].name in html  # the file, no folder
 
 
 def test_crossval_run_folder_holds_no_path(private, tmp_path: Path) -> None:

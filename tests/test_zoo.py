@@ -220,3 +220,19 @@ def test_the_card_of_a_crossval_run_has_the_spread_over_folds(tmp_path: Path, da
     assert_clean_error(run_cli("models", "install", fold_model, "--name", "cv2", "--crossval", tmp_path),
                        "card.json")
     assert os.environ["SLEEPSTAGE_DATA_DIR"] == str(data_dir)
+
+
+def test_an_index_naming_a_file_elsewhere_never_deletes_it(tmp_path: Path, data_dir: Path) -> None:
+    from sleepstage_cli.errors import SleepstageError
+    from sleepstage_cli.model import registry
+
+    outside = tmp_path / "precious.pt"
+    outside.write_bytes(b"not ours")
+    folder = data_dir / "models"
+    folder.mkdir(parents=True)
+    (folder / "index.json").write_text(json.dumps({"format": registry.INDEX_FORMAT, "format_version": 1, "models": {
+        "evil": {"file": "../../precious.pt", "sha256": "0" * 64}}}))
+    for use in (registry.remove, registry.verified_path):
+        with pytest.raises(SleepstageError, match="not a model file of its own folder"):
+            use("evil")
+    assert outside.read_bytes() == b"not ours"

@@ -65,12 +65,22 @@ def _write_index(models: dict[str, dict]) -> None:
                                              "models": dict(sorted(models.items()))})
 
 
+def _own_file(entry: dict) -> Path:
+    """The file an index entry names, only when it is ``NAME.pt`` directly in the models folder (the index
+    is a file on disk: a path elsewhere is never read or deleted through it)."""
+    file = str(entry.get("file", ""))
+    if Path(file).name != file or not file.endswith(".pt") or file.startswith("."):
+        raise SleepstageError(f"names {file!r}, not a model file of its own folder; move it away to start afresh",
+                              models_dir() / INDEX)
+    return models_dir() / file
+
+
 def verified_path(name: str) -> Path:
     """The installed model file ``name``, after checking its sha256 against the index."""
     entry = read_index().get(name)
     if entry is None:
         raise InputError(f"no installed model is named {name!r}")
-    path = models_dir() / entry["file"]
+    path = _own_file(entry)
     if not path.is_file():
         raise InputError(f"installed model {name!r} is missing its file; install it again with "
                          f"'sleepstage models install ... --name {name} --force'", path)
@@ -163,8 +173,8 @@ def remove(name: str) -> dict:
     if name not in models:
         raise InputError(f"no installed model is named {name!r} (shipped models cannot be removed)")
     entry = models.pop(name)
+    target = _own_file(entry)
     _write_index(models)
-    target = models_dir() / entry["file"]
     for path in (target, *card_paths_of(target)):
         path.unlink(missing_ok=True)
     return {"name": name, **entry}

@@ -276,7 +276,7 @@ def night_report_html(night: dict) -> str:
     night_id = str(night.get("night_id", ""))
 
     meta = [f'<tr><th scope="row">Night</th><td>{_e(night_id)}</td></tr>',
-            f'<tr><th scope="row">Source</th><td>{_e(night.get("source", ""))}</td></tr>']
+            f'<tr><th scope="row">Source file</th><td>{_e(night.get("source", ""))}</td></tr>']
     if start is not None:
         meta.append(f'<tr><th scope="row">Recording start</th><td>{_e(start.isoformat(sep=" "))}</td></tr>')
     meta.append(f'<tr><th scope="row">Epochs</th>{_num("n_epochs", int(stages.size), "count")}</tr>')

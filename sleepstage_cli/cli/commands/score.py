@@ -556,7 +556,9 @@ def _write_night(night, targets: Targets, loaded, stats: dict, low_conf: float, 
         model_info = provenance(loaded)
         model_info["scored_at"] = model_info.pop("scored at")
         html = night_report_html({
-            "night_id": night.night_id, "source": str(night.source), "onsets": night.onsets, "stages": night.stages,
+            # The recording by file name: its folders may carry the user's and the patient's names.
+            "night_id": night.night_id, "source": Path(night.source).name, "onsets": night.onsets,
+            "stages": night.stages,
             "probabilities": night.probabilities, "confidence": night.confidence,
             "flags": [[p for p in f.split("; ") if p] for f in night.flags], "low_confidence_threshold": low_conf,
             "model": model_info, "statistics": stats, "notes": night.notes,

@@ -281,3 +281,17 @@ def test_jobs_two_gives_the_same_dataset(sims, tmp_path: Path) -> None:
     a, b = PreparedDataset(tmp_path / "a"), PreparedDataset(tmp_path / "b")
     for night in a.nights:
         np.testing.assert_array_equal(a.open(night)["x"], b.open(night.id)["x"])
+
+
+def test_a_folder_another_run_is_starting_in_is_reported_as_that_run(tmp_path: Path) -> None:
+    """While a run holds the lock (its manifest not yet written), a second run names that run, not a foreign folder."""
+    from sleepstage_cli.data.dataset import exclusive_lock, refuse_if_locked
+    from sleepstage_cli.errors import SleepstageError
+
+    root = tmp_path / "data"
+    refuse_if_locked(root)  # no folder, no lock: nothing to say
+    with exclusive_lock(root):
+        (root / "nights").mkdir()  # what a starting run has written so far
+        with pytest.raises(SleepstageError, match="another sleepstage run"):
+            refuse_if_locked(root)
+    refuse_if_locked(root)  # released

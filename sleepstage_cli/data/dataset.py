@@ -378,20 +378,28 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def refuse_if_locked(root: Path) -> None:
-    """Raise exclusive_lock's "another sleepstage run" error when another process holds ``root/.lock`` now."""
-    lock_path = root / ".lock"
+def _lock_or_refuse(fd: int, root: Path, mode: int) -> None:
+    """``flock(fd, mode)`` without waiting; when another process holds the lock, the one-line error naming it."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
             raise SleepstageError(f"another sleepstage run (pid {owner}) is writing to this folder; "
                                   "wait for it to finish or choose another output", root) from None
+        raise
+
+
+def refuse_if_locked(root: Path) -> None:
+    """Raise exclusive_lock's "another sleepstage run" error when another process holds ``root/.lock`` now."""
+    try:
+        fd = os.open(root / ".lock", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        _lock_or_refuse(fd, root, fcntl.LOCK_SH)
+    except OSError:
+        pass  # cannot tell: the caller's own error stands
     finally:
         os.close(fd)
 
@@ -400,17 +408,9 @@ def refuse_if_locked(root: Path) -> None:
 def exclusive_lock(root: Path) -> Iterator[None]:
     """Hold ``root/.lock`` for the whole run; a second writer is refused at once."""
     root.mkdir(parents=True, exist_ok=True)
-    lock_path = root / ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-                raise SleepstageError(f"another sleepstage run (pid {owner}) is writing to this folder; "
-                                      "wait for it to finish or choose another output", root) from None
-            raise
+        _lock_or_refuse(fd, root, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

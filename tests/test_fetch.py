@@ -136,9 +136,6 @@ def test_a_corrupt_file_is_refused_and_not_kept(mirror: Mirror, tmp_path: Path) 
     out = tmp_path / "sedf"
     bad = "sleep-cassette/SC4002E0-PSG.edf"
     mirror.corrupt.add(f"sleep-edfx/{bad}")
-    # A file placed by hand with other bytes is not trusted: it is replaced by a verified download.
-    (out / "sleep-cassette").mkdir(parents=True)
-    (out / "sleep-cassette" / "SC4001E0-PSG.edf").write_bytes(b"not the recording")
     proc = run_cli("fetch", "sleep-edf", "--base-url", mirror.url, "-o", out, "--retries", "0")
     assert_clean_error(proc, "SC4002E0-PSG.edf", "sha256", "fetch-needed.txt")
     assert not (out / bad).exists()
@@ -146,9 +143,20 @@ def test_a_corrupt_file_is_refused_and_not_kept(mirror: Mirror, tmp_path: Path) 
     record = {f["path"]: f for f in json.loads((out / "fetch.json").read_text())["files"]}
     assert record[bad]["status"] == "failed" and "sha256" in record[bad]["error"]
     assert record["sleep-cassette/SC4001E0-PSG.edf"]["status"] == "downloaded"
-    expected = (mirror.root / "sleep-edfx/sleep-cassette/SC4001E0-PSG.edf").read_bytes()
-    assert (out / "sleep-cassette" / "SC4001E0-PSG.edf").read_bytes() == expected
     assert (out / "fetch-needed.txt").read_text() == f"{mirror.url}{bad}\n"
+
+
+def test_a_different_file_already_there_is_reported_and_never_overwritten(mirror: Mirror, tmp_path: Path) -> None:
+    out = tmp_path / "sedf"
+    mine = out / "sleep-cassette" / "SC4001E0-PSG.edf"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"not the recording")  # not fetch's: it names a file only once verified
+    proc = run_cli("fetch", "sleep-edf", "--base-url", mirror.url, "-o", out, "--subjects", "0", "--nights", "1")
+    assert_clean_error(proc, "SC4001E0-PSG.edf", "another sha256", "left as it is")
+    assert mine.read_bytes() == b"not the recording"
+    record = {f["path"]: f for f in json.loads((out / "fetch.json").read_text())["files"]}
+    assert record["sleep-cassette/SC4001E0-PSG.edf"]["status"] == "failed"
+    assert mirror.gets.get("sleep-edfx/sleep-cassette/SC4001E0-PSG.edf", 0) == 0
 
 
 def test_a_broken_download_is_retried_with_growing_waits_and_never_left_under_its_name(mirror: Mirror,

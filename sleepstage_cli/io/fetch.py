@@ -199,9 +199,9 @@ def fetch_files(files: list[ListedFile], base_url: str, out: Path, retries: int 
                 hooks: Hooks | None = None) -> list[FetchResult]:
     """Each file present and verified, else downloaded and verified; the results in the order of ``files``.
 
-    A file present with another sha256 is removed before it is downloaded again (nothing unverified stays
-    under a dataset's name). When the server cannot be reached at all the remaining files are not tried:
-    they are returned as failed with the reason.
+    A file present with another sha256 is not fetch's (it names a file only once verified): it is left as it
+    is and reported as failed, never overwritten. When the server cannot be reached at all the remaining
+    files are not tried: they are returned as failed with the reason.
     """
     hooks = hooks or Hooks()
     shutil.rmtree(out / PARTIAL, ignore_errors=True)  # what a killed run left
@@ -212,12 +212,13 @@ def fetch_files(files: list[ListedFile], base_url: str, out: Path, retries: int 
         target = out / file.path
         if target.is_file() and file_sha256(target) == file.sha256:
             result = FetchResult(file, "present", target.stat().st_size)
+        elif target.exists():
+            result = FetchResult(file, "failed", error=f"{target} is there with another sha256 than "
+                                 "SHA256SUMS.txt lists; it was not written by fetch and is left as it is: move "
+                                 "it away to download the dataset's file")
         elif offline:
             result = FetchResult(file, "failed", error=offline)
         else:
-            if target.exists():
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
             result = _download(file, base_url, out, retries, hooks)
             if result.status == "failed" and result.error and _looks_offline(result.error):
                 offline = result.error

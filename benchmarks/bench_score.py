@@ -120,8 +120,8 @@ wrap(M["sleepstage_cli.cli.commands.score"], "_score_one", "_score_one total")
 # The real command reads the night in a worker process while torch loads; here it is read in this
 # process, one stage after the other, so that every stage is timed (and the stages add up to more).
 class InProcess:
-    def __init__(self, paths, spec, cond, epochs_from=None, depth=2):
-        self.items = [(p, spec, cond, epochs_from) for p in paths]
+    def __init__(self, paths, spec, cond, epochs_from=None, depth=None, readers=None):
+        self.items = [(p, spec, cond, (epochs_from or {}).get(p)) for p in paths]
     def __enter__(self):
         return self
     def __exit__(self, *exc):

@@ -348,3 +348,134 @@ def test_two_jobs_make_the_same_folds_and_results(resumed: dict, tmp_path: Path)
         assert (run / "predictions" / p.name).read_text() == p.read_text(), p.name
     assert (json.loads((run / "evaluation" / "metrics.json").read_text())["pooled"]
             == json.loads((first / "evaluation" / "metrics.json").read_text())["pooled"])
+
+
+# --------------------------------------------------------------------------- folds anywhere (--fold)
+
+def test_three_fold_processes_at_once_then_pooling_equal_one_process(resumed: dict, tmp_path: Path) -> None:
+    """Issue 16's criterion: --fold 1, 2 and 3 started at once, then the command without --fold, give the
+    pooled metrics (and hypnograms) of the single process that ran every fold of the same split."""
+    run = tmp_path / "run"
+    args = [a if a != resumed["run"] else run for a in resumed["args"]]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "sleepstage_cli", *map(str, args), "--fold", str(k)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for k in (1, 2, 3)]
+    ends = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stderr.close()
+    assert [code for code, _ in ends] == [0, 0, 0], ends
+    for k, (_, err) in enumerate(ends, start=1):
+        assert f"fold {k} done" in err and not any(f"fold {j} done" in err for j in {1, 2, 3} - {k}), err
+    log = (run / "crossval.log").read_text()
+    assert log.count(" started by ") == 4  # the run (once: the split is written once) and each fold once
+    assert log.count(" resumed by ") == 2 and all(log.count(f"fold-0{k}: started by") == 1 for k in (1, 2, 3))
+    models = {k: (run / f"fold-0{k}" / "model.pt").stat().st_mtime_ns for k in (1, 2, 3)}
+
+    pooled = cli(*args)  # the same command without --fold: pools, trains nothing
+    assert pooled.returncode == 0, pooled.stderr
+    assert "3 of 3 folds already finished" in pooled.stderr
+    assert {k: (run / f"fold-0{k}" / "model.pt").stat().st_mtime_ns for k in (1, 2, 3)} == models
+    first = resumed["run"]
+    assert json.loads((run / "split.json").read_text())["folds"] == json.loads((first / "split.json").read_text())[
+        "folds"]
+    for p in sorted((first / "predictions").glob("*.csv")):
+        assert (run / "predictions" / p.name).read_text() == p.read_text(), p.name
+    assert (json.loads((run / "evaluation" / "metrics.json").read_text())["pooled"]
+            == json.loads((first / "evaluation" / "metrics.json").read_text())["pooled"])
+
+
+def test_missing_folds_are_named_and_a_running_fold_is_left_to_its_process(resumed: dict, tmp_path: Path) -> None:
+    from sleepstage_cli.locks import exclusive_lock
+    from sleepstage_cli.training.folds import this_process
+
+    run = tmp_path / "run"
+    shutil.copytree(resumed["run"], run)
+    args = [a if a != resumed["run"] else run for a in resumed["args"]]
+    for name in ("DONE", "metrics.json"):
+        (run / "fold-03" / name).unlink()
+    shutil.rmtree(run / "evaluation")
+    model3 = (run / "fold-03" / "model.pt").stat().st_mtime_ns
+    with exclusive_lock(run / "fold-03"):  # as a process training fold 3 holds it
+        proc = cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert f"fold 3 is being run by another sleepstage process ({this_process()}): not run here" in proc.stderr
+        assert f"not pooled yet: 1 of 3 folds not finished: fold 3 (running: {this_process()})" in proc.stderr
+        assert not (run / "fold-03" / "DONE").exists() and not (run / "evaluation").exists()
+        assert_clean_error(cli(*args, "--pool-only"), "cannot pool the run yet", f"fold 3 (running: {this_process()})")
+    refused = cli(*args, "--pool-only")
+    assert_clean_error(refused, "1 of 3 folds not finished: fold 3 (not running: not started yet, failed or stopped)")
+    assert (run / "fold-03" / "model.pt").stat().st_mtime_ns == model3 and not (run / "evaluation").exists()
+    again = cli(*args, "--fold", "3")  # killed after training: only its scoring is redone, then it pools
+    assert again.returncode == 0, again.stderr
+    assert (run / "fold-03" / "model.pt").stat().st_mtime_ns == model3
+    assert (json.loads((run / "evaluation" / "metrics.json").read_text())["pooled"]
+            == json.loads((resumed["run"] / "evaluation" / "metrics.json").read_text())["pooled"])
+
+
+def test_fold_options_are_checked_before_anything_runs(resumed: dict) -> None:
+    run = resumed["run"]
+    before = snapshot(run)
+    args = list(resumed["args"])
+    assert_clean_error(cli(*args, "--fold", "4"), "--fold 4: the split has no such fold (its folds are 1-3)")
+    assert_clean_error(cli(*args, "--fold", "2-1"), "--fold 2-1: give fold numbers")
+    assert_clean_error(cli(*args, "--fold", "1", "--force"), "--force starts the whole run over")
+    assert_clean_error(cli(*args, "--fold", "2", "--lr", 0.001), "--lr 0.0001 (now 0.001)")  # same options enforced
+    assert snapshot(run) == before
+
+
+def test_force_is_refused_while_another_process_trains_a_fold(resumed: dict, tmp_path: Path) -> None:
+    from sleepstage_cli.errors import SleepstageError
+    from sleepstage_cli.locks import exclusive_lock, shared_lock
+    from sleepstage_cli.training.crossval import crossval, plan_run
+    from sleepstage_cli.training.folds import RUNNING, this_process
+    from sleepstage_cli.training.train import TrainOptions
+
+    run = tmp_path / "run"
+    shutil.copytree(resumed["run"], run)
+    opts = TrainOptions(seq_len=5, epochs=3, max_steps=20, batch_size=8, eval_every=4, seed=1)
+    plan = plan_run(resumed["dataset"], run, opts, folds=3, val_subjects_per_fold=1)
+    def results() -> dict:  # lock files aside (each taker writes its name in them)
+        return {k: v for k, v in snapshot(run).items() if not Path(k).name.startswith(".")}
+
+    before = results()
+    with shared_lock(run, RUNNING), exclusive_lock(run / "fold-02"):
+        with pytest.raises(SleepstageError, match=f"running folds of this run .{this_process()}.; --force would"):
+            crossval(plan, force=True, split_only=True)
+    assert results() == before
+    assert crossval(plan, force=True, split_only=True) is None  # nobody runs a fold now
+    assert not any(run.glob("fold-*"))
+
+
+@pytest.mark.parametrize("text, folds", [("3", [3]), ("3,7,12", [3, 7, 12]), ("1-4, 9", [1, 2, 3, 4, 9]),
+                                         ("5,5,2-3", [2, 3, 5])])
+def test_fold_lists(text: str, folds: list[int]) -> None:
+    from sleepstage_cli.training.crossval import parse_fold_list
+
+    assert parse_fold_list(text) == folds
+
+
+@pytest.mark.parametrize("text", ["", "a", "3,", "0x2", "4-2", "-1"])
+def test_bad_fold_lists(text: str) -> None:
+    from sleepstage_cli.training.crossval import parse_fold_list
+
+    with pytest.raises(InputError, match="--fold"):
+        parse_fold_list(text)
+
+
+def test_a_process_waits_while_another_writes_the_run_description(dataset: Path, tmp_path: Path) -> None:
+    """Processes started together take turns on the run folder's lock (held for seconds at most), never refused."""
+    from test_locks import hold
+
+    from sleepstage_cli.training.crossval import crossval, plan_run
+    from sleepstage_cli.training.train import TrainOptions
+
+    run = tmp_path / "run"
+    plan = plan_run(dataset, run, TrainOptions(seed=0), folds=3, val_subjects_per_fold=1)
+    other = hold(run, ".lock", "exclusive", 1.5)  # another process writing the run's description
+    try:
+        assert crossval(plan, split_only=True, only=[2]) is None  # waited for the other, not refused
+    finally:
+        other.wait()
+        other.stdout.close()
+    assert "for fold 2" in (run / "crossval.log").read_text()

@@ -14,9 +14,10 @@ import pytest
 from conftest import assert_clean_error, run_cli, write_edf
 from scipy import signal as sps
 
-from sleepstage_cli.data.dataset import PreparedDataset, exclusive_lock, write_night
+from sleepstage_cli.data.dataset import PreparedDataset, write_night
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.layout import discover
+from sleepstage_cli.locks import exclusive_lock
 from sleepstage_cli.simulate import simulate
 
 
@@ -285,8 +286,8 @@ def test_jobs_two_gives_the_same_dataset(sims, tmp_path: Path) -> None:
 
 def test_a_folder_another_run_is_starting_in_is_reported_as_that_run(tmp_path: Path) -> None:
     """While a run holds the lock (its manifest not yet written), a second run names that run, not a foreign folder."""
-    from sleepstage_cli.data.dataset import exclusive_lock, refuse_if_locked
     from sleepstage_cli.errors import SleepstageError
+    from sleepstage_cli.locks import exclusive_lock, refuse_if_locked
 
     root = tmp_path / "data"
     refuse_if_locked(root)  # no folder, no lock: nothing to say

@@ -336,7 +336,7 @@ def test_prepare_record_count_below_file_size_reads_the_declared_records(tmp_pat
 
 def test_prepare_lock_held_by_another_run(world, tmp_path: Path) -> None:
     """A second run (even with --force and other options) is refused while one writes, before deleting anything."""
-    from sleepstage_cli.data.dataset import exclusive_lock
+    from sleepstage_cli.locks import exclusive_lock
 
     data = copy_dataset(world, tmp_path / "data")
     before = snapshot(data)

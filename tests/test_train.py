@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,3 +307,31 @@ def test_ddp_two_gloo_processes_agree(trained, tmp_path: Path) -> None:
     assert not torch.equal(s0["net.output.weight"], init["net.output.weight"])  # it did train
     meta = load_model(tmp_path / "ddp.pt").meta
     assert meta["training"]["world_size"] == 2 and meta["training"]["steps"] == 3
+
+
+def test_ddp_on_two_machines_each_with_its_own_copy_of_the_dataset(trained, tmp_path: Path) -> None:
+    """Multi-node torchrun (two "machines" here, one process each): each fills its own copy's spectrogram cache."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = str(30500 + os.getpid() % 1000)
+    procs = []
+    for node in (0, 1):
+        data, out = tmp_path / f"node{node}" / "data", tmp_path / f"node{node}" / "out"
+        shutil.copytree(trained["data"], data, ignore=shutil.ignore_patterns("cache", ".lock"))
+        out.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                                       str(node), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                                       "--master_port", port, str(worker), str(data), str(out)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+    errors = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stderr.close()
+    assert [code for code, _ in errors] == [0, 0], errors[1][1][-3000:] + errors[0][1][-3000:]
+    for node in (0, 1):
+        assert any((tmp_path / f"node{node}" / "data" / "cache").rglob("*.npy")), node  # its own cache
+    s0 = torch.load(tmp_path / "node0" / "out" / "rank0.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "node1" / "out" / "rank1.pt", weights_only=True)
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert (tmp_path / "node0" / "out" / "ddp.pt").exists() and not (tmp_path / "node1" / "out" / "ddp.pt").exists()
+    assert load_model(tmp_path / "node0" / "out" / "ddp.pt").meta["training"]["world_size"] == 2

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +33,7 @@ from sleepstage_cli.conditioning.signals import Conditioning
 from sleepstage_cli.constants import EPOCH_SAMPLES
 from sleepstage_cli.constants import SAMPLING_RATE as TARGET_RATE
 from sleepstage_cli.digests import HashingWriter, file_sha256, is_sha256, last_name, named
-from sleepstage_cli.errors import InputError, SleepstageError, WriteError
+from sleepstage_cli.errors import InputError, WriteError
 from sleepstage_cli.fsutil import atomic_open, atomic_write_json, read_json
 from sleepstage_cli.stages import STAGES
 
@@ -378,41 +375,3 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def _lock_or_refuse(fd: int, root: Path, mode: int) -> None:
-    """``flock(fd, mode)`` without waiting; when another process holds the lock, the one-line error naming it."""
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise SleepstageError(f"another sleepstage run (pid {owner}) is writing to this folder; "
-                                  "wait for it to finish or choose another output", root) from None
-        raise
-
-
-def refuse_if_locked(root: Path) -> None:
-    """Raise exclusive_lock's "another sleepstage run" error when another process holds ``root/.lock`` now."""
-    try:
-        fd = os.open(root / ".lock", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        _lock_or_refuse(fd, root, fcntl.LOCK_SH)
-    except OSError:
-        pass  # cannot tell: the caller's own error stands
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def exclusive_lock(root: Path) -> Iterator[None]:
-    """Hold ``root/.lock`` for the whole run; a second writer is refused at once."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _lock_or_refuse(fd, root, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)

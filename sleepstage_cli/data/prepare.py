@@ -28,12 +28,10 @@ from sleepstage_cli.data.dataset import (
     MANIFEST,
     NIGHTS_DIR,
     Journal,
-    exclusive_lock,
     merge_journal,
     new_manifest,
     night_dtype,
     read_journal,
-    refuse_if_locked,
     save_manifest,
     write_night,
 )
@@ -44,6 +42,7 @@ from sleepstage_cli.io.channels import ChannelSpec, resolve_channels
 from sleepstage_cli.io.edf import EdfReader, read_header
 from sleepstage_cli.io.hypnogram import Hypnogram, keep_within_signal, read_hypnogram, trim_wake
 from sleepstage_cli.io.layout import NightSource, Skip
+from sleepstage_cli.locks import exclusive_lock, refuse_if_locked
 from sleepstage_cli.stages import UNSCORED
 
 DEFAULT_MIN_HOURS = {"mass": 5.0}

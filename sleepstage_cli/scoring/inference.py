@@ -63,6 +63,25 @@ def autocast_for(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+CPU_BATCH = 256
+"""Epochs encoded per batch on a CPU: larger batches were no faster there (benchmarks/RESULTS.md, "Nights in bulk")."""
+GPU_BATCH_RANGE = (256, 4096)
+EPOCH_BYTES_PER_CHANNEL = 192 * 1024
+"""Working memory of encoding one epoch, per channel (measured on CPU: 160 kB, input, float64 STFT and
+activations together, the same for all three networks), rounded up."""
+
+
+def default_batch_size(device: torch.device | str, n_channels: int) -> int:
+    """Epochs per batch when none is given: :data:`CPU_BATCH` except on CUDA, where a batch may take a
+    quarter of the device's free memory, within :data:`GPU_BATCH_RANGE`."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH
+    free, _total = torch.cuda.mem_get_info(device)
+    low, high = GPU_BATCH_RANGE
+    return int(min(high, max(low, free // 4 // (EPOCH_BYTES_PER_CHANNEL * max(1, n_channels)))))
+
+
 @torch.no_grad()
 def encode_night(model: StagingModel, x: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256,
                  attention: bool = False, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,6 +25,7 @@ its folder is :mod:`sleepstage_cli.training.folds`, which holds the run plan and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -38,10 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleepstage_cli import __version__
-from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset, dataset_label, exclusive_lock, same_dataset
+from sleepstage_cli.data.dataset import MANIFEST, PreparedDataset, dataset_label, same_dataset
 from sleepstage_cli.digests import last_name, without_folders
 from sleepstage_cli.errors import InputError, Interrupted, SleepstageError
 from sleepstage_cli.fsutil import atomic_write_json, atomic_write_text, check_writable_folder, read_json
+from sleepstage_cli.locks import FolderBusy, exclusive_lock, shared_lock
 from sleepstage_cli.model.card import build_crossval_card, write_card
 from sleepstage_cli.training.folds import (
     CALIBRATION_COLUMNS,
@@ -53,26 +55,30 @@ from sleepstage_cli.training.folds import (
     OWNED,
     PREDICTIONS,
     RUN_FILE,
+    RUNNING,
     SPLIT_FILE,
     SUMMARY_METRICS,
+    FoldBusy,
     FoldJob,
     Monitor,
     RunPlan,
     StopRelay,
     fold_done,
+    fold_owner,
     fold_summary,
     log_event,
     run_fold,
+    this_process,
 )
 from sleepstage_cli.training.jobs import run_parallel
 from sleepstage_cli.training.reference_splits import REFERENCE_SPLITS, is_reference_name, reference_split
-from sleepstage_cli.training.split import CVSplit, load_split, make_split
+from sleepstage_cli.training.split import CVSplit, Fold, load_split, make_split
 from sleepstage_cli.training.train import TrainOptions
 
 # The orchestrator's API; the run plan, Monitor, FoldJob and run_fold live in folds and are re-exported.
-__all__ = ["CrossvalResult", "FoldJob", "Monitor", "RunPlan", "check_options", "check_run_dir", "crossval",
-           "describe_difference", "finish_run", "plan_run", "refuse_replacing_inputs", "run_fold", "run_sequential",
-           "start_run"]
+__all__ = ["CrossvalResult", "FoldJob", "Monitor", "RunPlan", "check_options", "check_run_dir", "check_selection",
+           "crossval", "describe_difference", "finish_run", "missing_text", "parse_fold_list", "plan_run",
+           "refuse_replacing_inputs", "run_fold", "run_sequential", "select_folds", "start_run"]
 
 RUN_FORMAT = "sleepstage-crossval"
 _FOLD_DIR = re.compile(r"^fold-\d+$")
@@ -86,13 +92,23 @@ _FLAGS = {"net": "--model", "channels": "--channels", "seq_len": "--seq-len", "e
           "file": "--split", "reference": "--split"}
 
 
+SETUP_WAIT = 120.0
+"""Seconds a process waits for another that holds the run folder's lock: taken only to write the run's
+description and split or to pool the results (seconds), never while folds train."""
+
+
 @dataclass
 class CrossvalResult:
+    """What a crossval command did. ``evaluation`` is None while folds are missing (nothing pooled):
+    ``missing`` maps each unfinished fold to the process running it ("pid 1234 on node7") or None."""
+
     run_dir: Path
     split: CVSplit
     folds: list[dict]
-    evaluation: object  # sleepstage_cli.evaluation.evaluate.Evaluation
+    evaluation: object | None  # sleepstage_cli.evaluation.evaluate.Evaluation
     skipped: list[int] = field(default_factory=list)
+    ran: list[int] = field(default_factory=list)
+    missing: dict[int, str | None] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- planning and the run folder
@@ -251,8 +267,11 @@ def _clear(run_dir: Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def start_run(plan: RunPlan, resuming: bool, force: bool, command: str = "") -> None:
-    """Write crossval.json and split.json (before any training), clearing an old run with ``force``."""
+def start_run(plan: RunPlan, resuming: bool, force: bool, command: str = "", only: list[int] | None = None) -> None:
+    """Write crossval.json and split.json (before any training), clearing an old run with ``force``.
+
+    Called under the run folder's lock: of processes starting one run at once, the first writes them.
+    """
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if force and not resuming:
@@ -268,7 +287,8 @@ def start_run(plan: RunPlan, resuming: bool, force: bool, command: str = "") -> 
     if not (run_dir / SPLIT_FILE).exists() or any(read_json(run_dir / SPLIT_FILE).get(k) != split_json[k]
                                                    for k in ("folds", "dataset")):
         atomic_write_json(run_dir / SPLIT_FILE, split_json)
-    log_event(run_dir, f"{'resumed' if resuming else 'started'} by pid {os.getpid()}: {command}".rstrip(": "))
+    folds = f" for fold {_ranges(only)}" if only is not None else ""
+    log_event(run_dir, f"{'resumed' if resuming else 'started'} by {this_process()}{folds}: {command}".rstrip(": "))
 
 
 def _drop_paths(run_file: Path, plan: RunPlan) -> None:
@@ -299,8 +319,62 @@ def _slots(jobs: int, devices: list[str] | None, default: str) -> list[str]:
     return [default] * jobs
 
 
+def parse_fold_list(text: str) -> list[int]:
+    """``--fold``: "3", "3,7,12" or "1-5,9" as fold numbers (sorted, once each)."""
+    out: set[int] = set()
+    for item in (t.strip() for t in str(text).split(",")):
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise InputError(f"--fold {text}: give fold numbers such as 3, 3,7,12 or 1-5 (not {item or 'nothing'!r})")
+        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return sorted(out)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 5 -> "1-3, 5"."""
+    parts, i = [], 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if j == i else f"{numbers[i]}-{numbers[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def select_folds(plan: RunPlan, only: list[int] | None) -> list[Fold]:
+    """The folds this process runs: ``only`` (``--fold``), else all; a number the split lacks is refused."""
+    if only is None:
+        return list(plan.split.folds)
+    known = {f.index: f for f in plan.split.folds}
+    unknown = [k for k in only if k not in known]
+    if unknown:
+        raise InputError(f"--fold {_ranges(unknown)}: the split has no such fold (its folds are "
+                         f"{_ranges(sorted(known))})")
+    return [known[k] for k in only]
+
+
+def check_selection(force: bool, only: list[int] | None, pool_only: bool) -> None:
+    """Refuse --force with --fold or --pool-only: it would delete what other processes of the run did."""
+    if force and (only is not None or pool_only):
+        raise InputError("--force starts the whole run over: it does not go with --fold or --pool-only")
+
+
+def missing_text(missing: dict[int, str | None], total: int) -> str:
+    """"2 of 20 folds not finished: fold 3 (running: pid 1234 on node7); fold 7 (not running: ...)"."""
+    running = [f"fold {k} (running: {owner})" for k, owner in sorted(missing.items()) if owner]
+    idle = sorted(k for k, owner in missing.items() if not owner)
+    if idle:
+        running.append(f"fold{'s' * (len(idle) > 1)} {_ranges(idle)} (not running: not started yet, failed or "
+                       "stopped)")
+    return f"{len(missing)} of {total} folds not finished: {'; '.join(running)}"
+
+
 def run_sequential(plan: RunPlan, todo: list[FoldJob], monitor: Monitor) -> None:
-    """Run folds one after the other in this process; a first Ctrl-C checkpoints the current fold."""
+    """Run folds one after the other in this process; a first Ctrl-C checkpoints the current fold.
+
+    A fold another process has started meanwhile (its lock is held) is left to it.
+    """
     from sleepstage_cli.interrupts import GracefulStop
     from sleepstage_cli.training.train import TrainingInterrupted
 
@@ -311,6 +385,10 @@ def run_sequential(plan: RunPlan, todo: list[FoldJob], monitor: Monitor) -> None
             cb = monitor.fold_begin(job.fold, job.device)
             try:
                 summary = run_fold(job, StopRelay(cb, stop))
+            except FoldBusy as exc:
+                monitor.fold_end(job.fold, None)
+                monitor.info(f"fold {exc.index} is being run by another sleepstage process ({exc.owner}): not run here")
+                continue
             except TrainingInterrupted:
                 monitor.fold_end(job.fold, None)
                 log_event(plan.run_dir, f"{job.fold.name}: interrupted (checkpoint saved)")
@@ -326,35 +404,90 @@ def run_sequential(plan: RunPlan, todo: list[FoldJob], monitor: Monitor) -> None
                               plan.run_dir)
 
 
+def _refuse_if_running(plan: RunPlan) -> None:
+    """--force deletes the run's results: never while another process trains one of its folds."""
+    try:
+        with exclusive_lock(plan.run_dir, name=RUNNING):
+            return
+    except FolderBusy:
+        owners = sorted({o for f in plan.split.folds if (o := fold_owner(plan, f))})
+        who = ", ".join(owners) or "starting"
+        raise SleepstageError(f"other sleepstage processes are running folds of this run ({who}); --force "
+                              "would delete their work: wait for them to finish or stop them first",
+                              plan.run_dir) from None
+
+
+def _run_folds(plan: RunPlan, selected: list[Fold], jobs: int, devices: list[str] | None,
+               monitor: Monitor) -> tuple[list[int], list[int]]:
+    """Run the selected folds nobody finished or runs now; (folds finished before, folds run here)."""
+    done = [f.index for f in selected if fold_done(plan, f)]
+    elsewhere = {f.index: owner for f in selected if f.index not in done and (owner := fold_owner(plan, f))}
+    monitor.run_begin(len(selected), done)
+    if done:
+        monitor.info(f"{len(done)} of {len(selected)} folds already finished (fold {_ranges(done)}): not run again")
+    for index, owner in elsewhere.items():
+        monitor.info(f"fold {index} is being run by another sleepstage process ({owner}): not run here")
+    todo_folds = [f for f in selected if f.index not in done and f.index not in elsewhere]
+    slots = _slots(min(jobs, max(1, len(todo_folds))), devices, plan.opts.device)
+    todo = [FoldJob(plan.run_dir, plan.dataset, plan.opts, f, plan.digest, slots[0]) for f in todo_folds]
+    if len(slots) == 1:
+        run_sequential(plan, todo, monitor)
+    elif todo:
+        run_parallel(plan, todo, slots, monitor)
+    return done, [j.fold.index for j in todo if fold_done(plan, j.fold)]
+
+
+def _pool_if_complete(plan: RunPlan, pool_only: bool) -> CrossvalResult:
+    """Pool every fold's predictions once all are finished; else the result names the missing folds."""
+    missing = {f.index: fold_owner(plan, f) for f in plan.split.folds if not fold_done(plan, f)}
+    if missing:
+        if pool_only:
+            raise SleepstageError(f"cannot pool the run yet: {missing_text(missing, len(plan.split.folds))}; "
+                                  "run this again once they are done (or the command without --pool-only to train "
+                                  "those not running)", plan.run_dir)
+        finished = [fold_summary(plan, f) for f in plan.split.folds if f.index not in missing]
+        return CrossvalResult(plan.run_dir, plan.split, finished, None, missing=missing)
+    with exclusive_lock(plan.run_dir, wait=SETUP_WAIT):
+        result = finish_run(plan)
+    log_event(plan.run_dir, f"finished: pooled accuracy {result.evaluation.pooled['accuracy']:.4f}, "
+                            f"kappa {result.evaluation.pooled['kappa']:.4f} (by {this_process()})")
+    return result
+
+
 def crossval(plan: RunPlan, jobs: int = 1, devices: list[str] | None = None, force: bool = False,
-             split_only: bool = False, monitor: Monitor | None = None, command: str = "") -> CrossvalResult | None:
-    """Run (or resume) a planned cross-validation; ``split_only`` writes the split and stops."""
+             split_only: bool = False, monitor: Monitor | None = None, command: str = "",
+             only: list[int] | None = None, pool_only: bool = False) -> CrossvalResult | None:
+    """Run (or resume) a planned cross-validation, or only its folds ``only``; pool once every fold is done.
+
+    Any number of processes, here or on machines sharing the run folder, may work on one run at once:
+    each runs its ``only`` folds (``--fold``), or without them the folds nobody has finished or is running.
+    The run's description and split are written once, under the run folder's lock; a different command is
+    refused; each fold runs under its own lock. Whoever finishes the last fold pools, so ``evaluation`` is
+    None while folds are missing (``missing`` names them). ``pool_only`` trains nothing: it pools, or
+    refuses naming the missing folds. ``split_only`` writes the split and stops.
+    """
     monitor = monitor or Monitor()
     if jobs < 1:
         raise InputError("--jobs must be at least 1")
+    check_selection(force, only, pool_only)
+    selected = select_folds(plan, only)
     resuming = check_run_dir(plan, force)  # before the lock: a refused command leaves RUN untouched
-    with exclusive_lock(plan.run_dir):
-        resuming = check_run_dir(plan, force)
-        start_run(plan, resuming, force, command)
-        if split_only:
-            return None
-        done = [f.index for f in plan.split.folds if fold_done(plan, f)]
-        monitor.run_begin(len(plan.split.folds), done)
-        if done:
-            monitor.info(f"{len(done)} of {len(plan.split.folds)} folds already finished (fold "
-                         f"{', '.join(map(str, done))}): not run again")
-        todo_folds = [f for f in plan.split.folds if f.index not in done]
-        slots = _slots(min(jobs, max(1, len(todo_folds))), devices, plan.opts.device)
-        todo = [FoldJob(plan.run_dir, plan.dataset, plan.opts, f, plan.digest, slots[0]) for f in todo_folds]
-        if len(slots) == 1:
-            run_sequential(plan, todo, monitor)
-        elif todo:
-            run_parallel(plan, todo, slots, monitor)
-        result = finish_run(plan)
-        result.skipped = done
-        log_event(plan.run_dir, f"finished: pooled accuracy {result.evaluation.pooled['accuracy']:.4f}, "
-                                f"kappa {result.evaluation.pooled['kappa']:.4f}")
-        return result
+    if pool_only and not resuming:
+        raise SleepstageError("holds no cross-validation run to pool; run the command without --pool-only to "
+                              "train it", plan.run_dir)
+    with contextlib.ExitStack() as running:
+        with exclusive_lock(plan.run_dir, wait=SETUP_WAIT):
+            resuming = check_run_dir(plan, force)
+            if force and not resuming:
+                _refuse_if_running(plan)
+            start_run(plan, resuming, force, command, only)
+            if split_only:
+                return None
+            running.enter_context(shared_lock(plan.run_dir, RUNNING))  # --force elsewhere is refused meanwhile
+        done, ran = ([], []) if pool_only else _run_folds(plan, selected, jobs, devices, monitor)
+        result = _pool_if_complete(plan, pool_only)
+    result.skipped, result.ran = done, ran
+    return result
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:

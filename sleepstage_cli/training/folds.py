@@ -8,22 +8,27 @@ metrics. :mod:`sleepstage_cli.training.crossval` runs the folds in sequence or h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sleepstage_cli.data.dataset import PreparedDataset
+from sleepstage_cli.errors import SleepstageError
 from sleepstage_cli.fsutil import atomic_write_json, read_json
+from sleepstage_cli.locks import FolderBusy, exclusive_lock, holder
 from sleepstage_cli.training.split import CVSplit, Fold
 from sleepstage_cli.training.train import Callbacks, Split, TrainOptions
 
 RUN_FILE, SPLIT_FILE, LOG_FILE = "crossval.json", "split.json", "crossval.log"
+RUNNING = ".running"  # held shared by every process training folds of the run: --force waits for none of them
 PREDICTIONS, EVALUATION, FOLDS_CSV, NIGHTS_CSV = "predictions", "evaluation", "folds.csv", "nights.csv"
 DONE = "DONE"
 CARD_JSON, CARD_MD = "card.json", "card.md"  # the run's model card: cross-validated metrics (model/card.py)
@@ -65,7 +70,8 @@ class RunPlan:
 
     def outputs(self) -> list[Path]:
         """What the run writes (or clears with --force) in its folder."""
-        return [self.run_dir / name for name in (*OWNED, ".lock")] + [self.fold_dir(f) for f in self.split.folds]
+        return ([self.run_dir / name for name in (*OWNED, ".lock", RUNNING)]
+                + [self.fold_dir(f) for f in self.split.folds])
 
 
 @dataclass(frozen=True)
@@ -96,13 +102,46 @@ def fold_summary(plan: RunPlan, fold: Fold) -> dict:
 
 def fold_done(plan: RunPlan, fold: Fold) -> bool:
     """Whether this run finished the fold (its DONE marker holds the run's digest)."""
-    marker = plan.fold_dir(fold) / DONE
+    return _marked_done(plan.fold_dir(fold), plan.digest)
+
+
+def _marked_done(fold_dir: Path, digest: str) -> bool:
+    marker = fold_dir / DONE
     if not marker.exists():
         return False
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("digest") == plan.digest
+        return json.loads(marker.read_text(encoding="utf-8")).get("digest") == digest
     except (OSError, ValueError):
         return False
+
+
+def this_process() -> str:
+    """How the run's diary and lock files name this process: "pid 1234 on node7"."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+class FoldBusy(SleepstageError):
+    """Another process (on this machine or another sharing the run folder) is running the fold."""
+
+    def __init__(self, index: int, owner: str, run_dir: Path) -> None:
+        super().__init__(f"fold {index} is being run by another sleepstage process ({owner})", run_dir)
+        self.index, self.owner = index, owner
+
+
+def fold_owner(plan: RunPlan, fold: Fold) -> str | None:
+    """The process running the fold now ("pid 1234 on node7"), or None."""
+    return holder(plan.fold_dir(fold))
+
+
+@contextlib.contextmanager
+def fold_lock(run_dir: Path, fold: Fold):
+    """Hold the fold's lock (FOLD/.lock) while this process runs it; FoldBusy when another process does."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(run_dir / fold.name))
+        except FolderBusy as exc:
+            raise FoldBusy(fold.index, exc.owner, run_dir) from None
+        yield
 
 
 # --------------------------------------------------------------------------- one fold
@@ -177,9 +216,22 @@ def _score_test_nights(job: FoldJob, ds: PreparedDataset, pred_dir: Path, device
 def run_fold(job: FoldJob, cb: Callbacks | None = None) -> dict:
     """Train (or resume) one fold, score its test nights, write its metrics and then its DONE marker.
 
-    A fold whose model file exists is not trained again (only its scoring is redone). Returns the
-    fold's row of folds.csv.
+    The fold's lock is held throughout: FoldBusy when another process runs it. A fold another process
+    finished meanwhile is not run again, and one whose model file exists is not trained again (only its
+    scoring is redone). Returns the fold's row of folds.csv.
     """
+    with fold_lock(job.run_dir, job.fold):
+        fold_dir = job.run_dir / job.fold.name
+        if _marked_done(fold_dir, job.digest):
+            (cb or Callbacks()).stage("finished by another process")
+            return read_json(fold_dir / "metrics.json", "fold metrics")["fold"]
+        where = "" if job.device == "auto" else f" on {job.device}"
+        log_event(job.run_dir, f"{job.fold.name}: started by {this_process()}{where}")
+        return _train_and_score(job, cb)
+
+
+def _train_and_score(job: FoldJob, cb: Callbacks | None) -> dict:
+    """run_fold's work, under the fold's lock."""
     from sleepstage_cli.evaluation.evaluate import dataset_hypnogram, evaluate_pairs, jsonable, name_sources
     from sleepstage_cli.io.hypnogram import read_hypnogram
     from sleepstage_cli.model.modelfile import load_model

@@ -20,6 +20,7 @@ import time
 
 from sleepstage_cli.errors import Interrupted, SleepstageError
 from sleepstage_cli.training.folds import (
+    FoldBusy,
     FoldJob,
     Monitor,
     RunPlan,
@@ -138,6 +139,8 @@ def _worker(device: str, threads: int, parent_pid: int, tasks, events) -> None:
                     run_fold(dataclasses.replace(job, device=device),
                              StopRelay(_QueueCallbacks(events, index, parent_pid, deathsig), stop))
                     events.put(("end", index, "done", ""))
+                except FoldBusy as exc:  # another process (maybe on another machine) runs it: not a failure
+                    events.put(("end", index, "busy", exc.owner))
                 except SleepstageError as exc:
                     if isinstance(exc, TrainingInterrupted):
                         raise
@@ -236,7 +239,10 @@ class _Dispatcher:
             getattr(self.callbacks[index], kind)(*args)
 
     def ended(self, index: int, status: str, text: str) -> None:
-        """Fold ``index`` ended ("done", "error" or "interrupted"): report it and give its worker the next one."""
+        """Fold ``index`` ended ("done", "busy", "error" or "interrupted"): report it, give its worker the next one.
+
+        "busy": another process holds the fold's lock (``text`` names it); the fold is left to it.
+        """
         w = next((w for w in self.workers if w.job is not None and w.job.fold.index == index), None)
         if w is None:
             return
@@ -245,7 +251,9 @@ class _Dispatcher:
             self.monitor.fold_end(fold, fold_summary(self.plan, fold))
         else:
             self.monitor.fold_end(fold, None)
-            if status == "interrupted":
+            if status == "busy":
+                self.monitor.info(f"fold {index} is being run by another sleepstage process ({text}): not run here")
+            elif status == "interrupted":
                 self.interrupted = True
                 log_event(self.plan.run_dir, f"{fold.name}: interrupted (checkpoint saved)")
             else:

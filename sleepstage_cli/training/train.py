@@ -510,6 +510,7 @@ class _Devices:
     world: int
     rank: int
     amp: bool
+    local_rank: int = 0
 
     @property
     def distributed(self) -> bool:
@@ -520,6 +521,11 @@ class _Devices:
         """Rank 0 alone validates and writes files."""
         return self.rank == 0
 
+    @property
+    def is_node_main(self) -> bool:
+        """The first process of its machine (torchrun's LOCAL_RANK 0): it fills the machine's spectrogram cache."""
+        return self.local_rank == 0
+
 
 def _set_up_devices(opts: TrainOptions) -> _Devices:
     """Resolve the device; under torchrun, join the process group (NCCL between GPUs, else Gloo)."""
@@ -527,14 +533,19 @@ def _set_up_devices(opts: TrainOptions) -> _Devices:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(opts.device, local_rank)
+    if device.type == "cuda":
+        # Also with one process: what is not placed explicitly (the DataLoader's pinned memory and its
+        # pin thread) goes to the current device, which would otherwise stay cuda:0 for --device cuda:1.
+        torch.cuda.set_device(device)
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    return _Devices(device, world, rank, amp=opts.amp and device.type == "cuda")
+            # Ranks wait at barriers while the spectrogram cache is built and rank 0 validates and writes
+            # the model, which on a large dataset takes longer than NCCL's default 10-minute timeout.
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                    timeout=dt.timedelta(hours=2))
+    return _Devices(device, world, rank, amp=opts.amp and device.type == "cuda", local_rank=local_rank)
 
 
 def _checkpoint_to_resume(output: Path, opts: TrainOptions, data: _Data, resume: bool,
@@ -597,7 +608,10 @@ def _training_windows(opts: TrainOptions, data: _Data, model: StagingModel, devi
     if model.input_kind == "spectrogram":
         cache = SpectrogramCache(ds, index)
         cb.stage(f"spectrograms of the training nights (cached in {cache.folder})")
-        if devices.is_main:  # the other ranks wait, then read what rank 0 cached
+        # One process per machine fills the cache, the others wait, then read it: across machines the dataset
+        # may be a copy on each node's disk. On a shared file system two nodes may compute a night at once;
+        # the cache's atomic, locked writes keep one whole copy.
+        if devices.is_node_main:
             cache.ensure(train_nights, devices.device)
         _barrier(devices.distributed)
     train_set = WindowDataset(ds.root, train_nights, seq_len, index,
@@ -677,7 +691,8 @@ class _Run:
         """Continue where the checkpoint stopped, random number generators included (same weights as unstopped)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when AMP was off (CPU, --no-amp): a resume with AMP starts a fresh scale
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.pass_index, self.batch_in_pass = ckpt["step"], ckpt["pass"], ckpt["batch_in_pass"]
         self.best = ckpt["best"]
         self.log = ckpt["log"]

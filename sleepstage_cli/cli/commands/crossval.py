@@ -55,6 +55,11 @@ _EXAMPLE = """Examples:
 
   sleepstage crossval data/ -o run/ --devices 0,1,2,3        (folds spread over 4 GPUs)
 
+  sleepstage crossval data/ --folds 20 -o run/ --fold 3       (only fold 3: one task of a SLURM array;
+                                                              the last task to finish pools all folds)
+
+  sleepstage crossval data/ --folds 20 -o run/ --pool-only    (pool the finished folds, or name those missing)
+
   sleepstage crossval data/ -o run2/ --split run/split.json --seed 1    (the same folds, another seed)
 
   sleepstage crossval sedf-data/ --split sleepedf-20 -o run/    (the authors' Sleep-EDF-20 folds)
@@ -334,6 +339,12 @@ def crossval(
                                                 show_default=False)] = None,
     devices: Annotated[Optional[str], typer.Option(help="GPUs to spread the folds over, e.g. 0,1 (cuda:0, "
                                                    "cuda:1); overrides --device.", show_default=False)] = None,
+    fold: Annotated[Optional[str], typer.Option("--fold", help="Run only these folds, e.g. 3, 3,7,12 or 1-5 (a "
+                                                "scheduler's task, e.g. --fold $SLURM_ARRAY_TASK_ID). Processes on "
+                                                "any machines sharing the run folder may run its folds at once; the "
+                                                "one finishing the last fold pools them.", show_default=False)] = None,
+    pool_only: Annotated[bool, typer.Option("--pool-only", help="Train nothing: pool the folds' results once all "
+                                            "are finished, else name the missing folds (exit 1).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over: delete an earlier run's results in the run "
                                         "folder.")] = False,
     model: ModelOpt = "seqsleepnet",
@@ -368,35 +379,41 @@ def crossval(
     """
     from sleepstage_cli.data.dataset import PreparedDataset
     from sleepstage_cli.digests import without_folders
-    from sleepstage_cli.training.crossval import check_run_dir, plan_run
+    from sleepstage_cli.training.crossval import check_run_dir, check_selection, parse_fold_list, plan_run, select_folds
     from sleepstage_cli.training.crossval import crossval as run_crossval
 
     opts = train_options(model, channels, seq_len, epochs, batch_size, lr, l2, eval_every, seed, device, amp,
                          workers, max_steps, rnn, output_layer, dropout, select, preset, init, freeze,
                          keep_normalisation)
+    only = parse_fold_list(fold) if fold is not None else None
+    check_selection(force, only, pool_only)
     device_list = _devices(devices)
     n_jobs = jobs if jobs is not None else max(1, len(device_list))
     if n_jobs < 1:
         raise InputError(f"--jobs must be at least 1 (got {n_jobs})")
     plan = plan_run(dataset, output, opts, folds, val_subjects_per_fold, test_fraction, split, device_list,
                     allow_missing=allow_missing)
+    n_folds = len(select_folds(plan, only))  # a fold the split lacks is refused before anything is shown
     check_run_dir(plan, force)  # a refused command says so before anything else
-    _print_split(plan.split, dataset)
-    print_choices(opts, PreparedDataset(dataset).conditioning.describe())
-    n_folds = len(plan.split.folds)
+    if not pool_only:
+        _print_split(plan.split, dataset)
+        print_choices(opts, PreparedDataset(dataset).conditioning.describe())
     eta = Eta(n_folds, 0, min(n_jobs, n_folds))
-    numbered = [f.index for f in plan.split.folds] == list(range(1, n_folds + 1))
+    numbered = only is None and [f.index for f in plan.split.folds] == list(range(1, n_folds + 1))
     monitor = SequentialMonitor(eta, numbered) if n_jobs == 1 else ParallelMonitor(eta)
     try:
         result = run_crossval(plan, n_jobs, device_list, force=force, split_only=split_only, monitor=monitor,
-                              command=shlex.join(["sleepstage", *without_folders(sys.argv[1:])]))
+                              command=shlex.join(["sleepstage", *without_folders(sys.argv[1:])]), only=only,
+                              pool_only=pool_only)
     finally:
         if isinstance(monitor, ParallelMonitor):
             monitor.stop()
     if result is None:
         con.info(f"split written to {output / 'split.json'}; run the command without --split-only to train")
-        return
-    _report(result, dataset)
+    elif result.evaluation is None:
+        _report_unpooled(result)
+    else:
+        _report(result, dataset)
 
 
 def _devices(text: Optional[str]) -> list[str]:
@@ -408,6 +425,22 @@ def _devices(text: Optional[str]) -> list[str]:
             continue
         out.append(f"cuda:{item}" if item.isdigit() else item)
     return out
+
+
+def _report_unpooled(result: CrossvalResult) -> None:
+    """This process's folds are done, others are not: what is finished, what is missing, how it gets pooled."""
+    from sleepstage_cli.training.crossval import missing_text
+
+    if result.folds:
+        _print_folds(result)
+    total = len(result.split.folds)
+    con.info(f"not pooled yet: {missing_text(result.missing, total)}")
+    if any(result.missing.values()):
+        con.info("the process that finishes the last fold pools the run (or run this command again with "
+                 "--pool-only once they are done)")
+    else:
+        con.info("run those folds (the same command with --fold, or without it to run them all here), then "
+                 "--pool-only pools the run")
 
 
 def _report(result: CrossvalResult, dataset: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +160,9 @@ def score(
                                                         "all, the whole recording [default: all up to 18 h, auto "
                                                         "beyond].", show_default=False)] = None,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Epochs encoded per batch.")] = 256,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Epochs encoded per batch [default: 256 on "
+                                                      "CPU; on a GPU, as many as a quarter of its free memory "
+                                                      "holds, 256 to 4096].", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing outputs.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse every night that does not fit what the model "
                                          "was trained on (other channels, amplitudes or spectra, a test signal): "
@@ -168,6 +173,7 @@ def score(
     Uses the channels, filters and normalisation the model was trained with and SeqSleepNet's test-time
     aggregation over all overlapping sequences. Flat or missing stretches are marked, never silently scored.
     """
+    _one_blas_thread()
     fmt = {FORMAT_ALIASES.get(f, f) for f in (f.strip().lower() for f in formats.split(",")) if f}
     if not fmt or fmt - set(FORMATS):
         raise InputError(f"--format takes {', '.join(FORMATS)} (comma-separated; bids = tsv), not {formats!r}")
@@ -200,6 +206,19 @@ def score(
         if summary_path is not None:
             con.info(f"summary: {summary_path}")
     _raise_unscored(plan, kept, summary.rows, failures, stopped, output)
+
+
+def _one_blas_thread() -> None:
+    """numpy's BLAS on one thread in this command and the processes it forks (unless the user chose).
+
+    Reading a night resamples it with many small matrix products, between which OpenBLAS's idle threads
+    keep spinning on cores that other work needs. Measured on two cores (benchmarks/RESULTS.md, "Nights
+    in bulk"): a folder of 8-h nights 1.1 s a night with one thread against 1.5 s with two, one 8-h night
+    2.3 s against 2.6 s; a lone 24-h recording, read while a core idles, 7.6 s against 7.2 s. Torch has
+    its own threads (MKL, OpenMP), left alone. Only numpy loaded later sees it (commands load numpy).
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _plan(files: list[Path], output: Path, fmt: set[str], report: bool,
@@ -272,7 +291,7 @@ class _Scoring:
 
     attention: bool
     low_confidence: float
-    batch_size: int
+    batch_size: int | None  # None: the device's default (scoring/inference.py)
     lights_off: dt.time | None = None
     lights_on: dt.time | None = None
     sleep_period: str | None = None
@@ -307,14 +326,15 @@ def _analyse(night, how: _Scoring):
 def _score_nights(plan: dict[Path, Targets], grids: dict[Path, Path], summary: _Summary, spec, cond,
                   model_path: Path, loaded, device: str,
                   how: _Scoring) -> tuple[list[tuple[Path, SleepstageError]], bool]:
-    """Score the nights of ``plan`` as they are read (ahead, in a worker process); returns the nights that
-    failed, with why, and whether a Ctrl-C stopped the run."""
+    """Score the nights of ``plan`` as they are read (ahead, in worker processes, one per core); returns the
+    nights that failed, with why, and whether a Ctrl-C stopped the run."""
     from sleepstage_cli.interrupts import GracefulStop
     from sleepstage_cli.scoring.pipeline import ReadAhead
 
     failures: list[tuple[Path, SleepstageError]] = []
     with ReadAhead(list(plan), spec, cond, grids) as nights_read:
         from sleepstage_cli.model.modelfile import load_model
+        from sleepstage_cli.scoring.inference import default_batch_size
         from sleepstage_cli.training.train import resolve_device
 
         dev = resolve_device(device)
@@ -322,8 +342,10 @@ def _score_nights(plan: dict[Path, Targets], grids: dict[Path, Path], summary: _
             loaded = load_model(model_path, dev)
         else:
             loaded.model.to(dev)
+        if how.batch_size is None:
+            how = dataclasses.replace(how, batch_size=default_batch_size(dev, len(loaded.kinds)))
         con.info(f"model {model_path}: {loaded.meta['architecture']['net']}, channels {', '.join(loaded.kinds)}; "
-                 f"device {dev}")
+                 f"device {dev}" + (f", {how.batch_size} epochs per batch" if dev.type != "cpu" else ""))
         with con.progress() as bar, GracefulStop("scoring") as stop:
             task = bar.add_task("scoring nights", total=len(plan))
             for path, night in nights_read:

@@ -123,7 +123,8 @@ def test_default_batch_size_per_device(monkeypatch) -> None:
 
 def test_score_reads_with_one_blas_thread_unless_told_otherwise() -> None:
     """Set before numpy loads (so the reading processes forked later inherit it); the user's choice stays."""
-    code = ("import os, sys; from sleepstage_cli.cli.commands import score; score._one_blas_thread(); "
+    code = ("import os, sys; import sleepstage_cli.cli.main; from sleepstage_cli.cli.commands import score; "
+            "score._one_blas_thread(); "
             "print(os.environ.get('OPENBLAS_NUM_THREADS'), 'numpy' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

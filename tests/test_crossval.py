@@ -465,17 +465,68 @@ def test_bad_fold_lists(text: str) -> None:
 
 def test_a_process_waits_while_another_writes_the_run_description(dataset: Path, tmp_path: Path) -> None:
     """Processes started together take turns on the run folder's lock (held for seconds at most), never refused."""
+    import socket
+
     from test_locks import hold
 
-    from sleepstage_cli.training.crossval import crossval, plan_run
+    from sleepstage_cli.training.crossval import Monitor, crossval, plan_run
     from sleepstage_cli.training.train import TrainOptions
 
     run = tmp_path / "run"
     plan = plan_run(dataset, run, TrainOptions(seed=0), folds=3, val_subjects_per_fold=1)
+    class Said(Monitor):
+        lines: list = []
+
+        def info(self, text: str) -> None:
+            self.lines.append(text)
+
     other = hold(run, ".lock", "exclusive", 1.5)  # another process writing the run's description
     try:
-        assert crossval(plan, split_only=True, only=[2]) is None  # waited for the other, not refused
+        assert crossval(plan, split_only=True, only=[2], monitor=Said()) is None  # waited for it, not refused
+        assert Said.lines == [f"waiting for pid {other.pid} on {socket.gethostname()}, which is writing or pooling "
+                              "this run (at most 15 min)"]
     finally:
         other.wait()
         other.stdout.close()
     assert "for fold 2" in (run / "crossval.log").read_text()
+
+
+def test_a_parallel_worker_finding_its_fold_taken_leaves_it_and_goes_on(resumed: dict, tmp_path: Path) -> None:
+    """--jobs: a worker whose fold another process started meanwhile reports "busy": the fold is left to that
+    process (not a failure, the run goes on with the next fold)."""
+    from types import SimpleNamespace
+
+    from sleepstage_cli.training.crossval import Monitor, plan_run
+    from sleepstage_cli.training.folds import FoldJob
+    from sleepstage_cli.training.jobs import _Dispatcher
+    from sleepstage_cli.training.train import TrainOptions
+
+    opts = TrainOptions(seq_len=5, epochs=3, max_steps=20, batch_size=8, eval_every=4, seed=0)
+    plan = plan_run(resumed["dataset"], tmp_path / "run", opts, folds=3, val_subjects_per_fold=1)
+    jobs = [FoldJob(plan.run_dir, plan.dataset, opts, f, plan.digest, "cpu") for f in plan.split.folds]
+    plan.run_dir.mkdir()  # its diary goes there
+
+    class Said(Monitor):
+        def __init__(self) -> None:
+            self.lines, self.ended = [], []
+
+        def info(self, text: str) -> None:
+            self.lines.append(text)
+
+        def fold_end(self, fold, summary) -> None:
+            self.ended.append((fold.index, summary))
+
+    said = Said()
+    pool = _Dispatcher(plan, jobs, said, events=None, stop=SimpleNamespace(requested=False))
+    worker = SimpleNamespace(job=None, device="cpu", tasks=SimpleNamespace(put=lambda job: None))
+    pool.workers = [worker]
+    pool.give(worker)
+    assert worker.job.fold.index == 1
+    pool.ended(1, "busy", "pid 77 on node7")
+    assert said.ended == [(1, None)] and not pool.failed
+    assert said.lines == ["fold 1 is being run by another sleepstage process (pid 77 on node7): not run here"]
+    assert worker.job.fold.index == 2  # handed the next fold
+    pool.ended(2, "error", "boom")
+    assert pool.failed == ["fold 2 failed: boom"]  # the difference: an error is a failure
+    log = (plan.run_dir / "crossval.log").read_text()
+    assert "fold-02: failed: boom" in log and "fold-01" not in log

@@ -92,9 +92,10 @@ _FLAGS = {"net": "--model", "channels": "--channels", "seq_len": "--seq-len", "e
           "file": "--split", "reference": "--split"}
 
 
-SETUP_WAIT = 120.0
+SETUP_WAIT = 900.0
 """Seconds a process waits for another that holds the run folder's lock: taken only to write the run's
-description and split or to pool the results (seconds), never while folds train."""
+description and split (a moment) or to pool the results (a minute on the paper's 200 subjects), never while
+folds train. A lock dies with its holder, so waiting long never waits for a crashed process."""
 
 
 @dataclass
@@ -437,7 +438,20 @@ def _run_folds(plan: RunPlan, selected: list[Fold], jobs: int, devices: list[str
     return done, [j.fold.index for j in todo if fold_done(plan, j.fold)]
 
 
-def _pool_if_complete(plan: RunPlan, pool_only: bool) -> CrossvalResult:
+@contextlib.contextmanager
+def _run_lock(plan: RunPlan, monitor: Monitor):
+    """Hold the run folder's lock, waiting (and saying so) while another process of the run holds it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(plan.run_dir))
+        except FolderBusy as exc:
+            monitor.info(f"waiting for {exc.owner}, which is writing or pooling this run (at most "
+                         f"{SETUP_WAIT / 60:.0f} min)")
+            stack.enter_context(exclusive_lock(plan.run_dir, wait=SETUP_WAIT))
+        yield
+
+
+def _pool_if_complete(plan: RunPlan, pool_only: bool, monitor: Monitor) -> CrossvalResult:
     """Pool every fold's predictions once all are finished; else the result names the missing folds."""
     missing = {f.index: fold_owner(plan, f) for f in plan.split.folds if not fold_done(plan, f)}
     if missing:
@@ -447,7 +461,7 @@ def _pool_if_complete(plan: RunPlan, pool_only: bool) -> CrossvalResult:
                                   "those not running)", plan.run_dir)
         finished = [fold_summary(plan, f) for f in plan.split.folds if f.index not in missing]
         return CrossvalResult(plan.run_dir, plan.split, finished, None, missing=missing)
-    with exclusive_lock(plan.run_dir, wait=SETUP_WAIT):
+    with _run_lock(plan, monitor):
         result = finish_run(plan)
     log_event(plan.run_dir, f"finished: pooled accuracy {result.evaluation.pooled['accuracy']:.4f}, "
                             f"kappa {result.evaluation.pooled['kappa']:.4f} (by {this_process()})")
@@ -476,7 +490,7 @@ def crossval(plan: RunPlan, jobs: int = 1, devices: list[str] | None = None, for
         raise SleepstageError("holds no cross-validation run to pool; run the command without --pool-only to "
                               "train it", plan.run_dir)
     with contextlib.ExitStack() as running:
-        with exclusive_lock(plan.run_dir, wait=SETUP_WAIT):
+        with _run_lock(plan, monitor):
             resuming = check_run_dir(plan, force)
             if force and not resuming:
                 _refuse_if_running(plan)
@@ -485,7 +499,7 @@ def crossval(plan: RunPlan, jobs: int = 1, devices: list[str] | None = None, for
                 return None
             running.enter_context(shared_lock(plan.run_dir, RUNNING))  # --force elsewhere is refused meanwhile
         done, ran = ([], []) if pool_only else _run_folds(plan, selected, jobs, devices, monitor)
-        result = _pool_if_complete(plan, pool_only)
+        result = _pool_if_complete(plan, pool_only, monitor)
     result.skipped, result.ran = done, ran
     return result
 

@@ -27,6 +27,9 @@ from sleepstage_cli.errors import SleepstageError
 LOCK = ".lock"
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 _POLL = 0.05  # s between attempts while waiting for a lock
+GRACE = 1.0
+"""Seconds every taker waits at least: :func:`holder` takes a lock for an instant to see whether it is free,
+and that must not pass for a run holding it (a real holder keeps it for the whole run)."""
 
 
 class FolderBusy(SleepstageError):
@@ -55,8 +58,9 @@ def _try(fd: int, mode: int) -> bool:
 
 
 def _lock_or_refuse(fd: int, root: Path, mode: int, wait: float = 0.0) -> None:
-    """``flock(fd, mode)``, waiting at most ``wait`` s; when another process keeps it, the one-line error naming it."""
-    deadline = time.monotonic() + wait
+    """``flock(fd, mode)``, waiting at most ``wait`` s (at least :data:`GRACE`); when another process keeps it,
+    the one-line error naming it."""
+    deadline = time.monotonic() + max(wait, GRACE)
     while not _try(fd, mode):
         if time.monotonic() >= deadline:
             owner = _owner(fd)

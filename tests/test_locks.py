@@ -50,10 +50,10 @@ def test_a_held_lock_names_its_process_and_is_released_when_it_dies(tmp_path: Pa
 
 
 def test_waiting_for_a_lock(tmp_path: Path) -> None:
-    proc = hold(tmp_path, ".lock", "exclusive", 1.0)
+    proc = hold(tmp_path, ".lock", "exclusive", 2.5)
     try:
         with pytest.raises(FolderBusy):
-            with exclusive_lock(tmp_path, wait=0.1):
+            with exclusive_lock(tmp_path, wait=0.1):  # (at least GRACE, 1 s)
                 pass
         start = time.monotonic()
         with exclusive_lock(tmp_path, wait=60):
@@ -77,3 +77,15 @@ def test_shared_holders_keep_an_exclusive_one_out(tmp_path: Path) -> None:
         proc.stdout.close()
     with exclusive_lock(tmp_path, name=".running"):
         pass
+
+
+def test_a_glance_at_a_lock_is_not_taken_for_a_holder(tmp_path: Path) -> None:
+    """holder() takes a lock shared for an instant: a process taking it at that moment waits, is not refused
+    (else a fold would be skipped as "being run by another process" that is only looking)."""
+    glance = hold(tmp_path, ".lock", "shared", 0.3)
+    try:
+        with exclusive_lock(tmp_path):
+            pass
+    finally:
+        glance.wait()
+        glance.stdout.close()

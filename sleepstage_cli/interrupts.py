@@ -8,6 +8,7 @@ state and stops. A second signal raises KeyboardInterrupt at once, for a user wh
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -60,6 +61,14 @@ class GracefulStop:
 
     def __exit__(self, *exc: object) -> None:
         self._restore()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a scheduler's allocation), to size worker pools."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def ignore_interrupts() -> None:

@@ -57,15 +57,18 @@ def _try(fd: int, mode: int) -> bool:
     return True
 
 
+def _busy(root: Path, owner: str) -> FolderBusy:
+    return FolderBusy(f"another sleepstage run ({owner}) is writing to this folder; wait for it to finish or "
+                      "choose another output", root, owner)
+
+
 def _lock_or_refuse(fd: int, root: Path, mode: int, wait: float = 0.0) -> None:
     """``flock(fd, mode)``, waiting at most ``wait`` s (at least :data:`GRACE`); when another process keeps it,
     the one-line error naming it."""
     deadline = time.monotonic() + max(wait, GRACE)
     while not _try(fd, mode):
         if time.monotonic() >= deadline:
-            owner = _owner(fd)
-            raise FolderBusy(f"another sleepstage run ({owner}) is writing to this folder; wait for it to "
-                             "finish or choose another output", root, owner)
+            raise _busy(root, _owner(fd))
         time.sleep(_POLL)
 
 
@@ -89,8 +92,7 @@ def refuse_if_locked(root: Path, name: str = LOCK) -> None:
     """Raise exclusive_lock's "another sleepstage run" error when another process holds ``root/name`` now."""
     owner = holder(root, name)
     if owner is not None:
-        raise FolderBusy(f"another sleepstage run ({owner}) is writing to this folder; wait for it to finish "
-                         "or choose another output", root, owner)
+        raise _busy(root, owner)
 
 
 @contextlib.contextmanager

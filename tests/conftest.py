@@ -66,6 +66,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
 
 
+def simulated_dataset(root: Path, nights: int, hours: float, seed: int = 5) -> Path:
+    """``nights`` simulated MASS nights (one subject each) of ``hours``, prepared into ``root/data``."""
+    from sleepstage_cli.simulate import simulate
+
+    simulate(root / "sim", nights=nights, layout="mass", seed=seed, hours=hours)
+    proc = run_cli("prepare", root / "sim", "-o", root / "data", "--min-hours", "0")
+    assert proc.returncode == 0, proc.stderr
+    return root / "data"
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A failed run: non-zero exit, one 'error:' line naming what is wrong, no traceback."""
     assert proc.returncode != 0, proc.stdout + proc.stderr

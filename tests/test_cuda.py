@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, simulated_dataset
 
 from sleepstage_cli.training.train import Callbacks
 
@@ -54,13 +54,8 @@ def finite(values) -> bool:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """Three simulated half-hour nights (MASS layout: one subject each), prepared."""
-    from sleepstage_cli.simulate import simulate
-
     root = tmp_path_factory.mktemp("cuda")
-    simulate(root / "sim", nights=3, layout="mass", seed=5, hours=0.5)
-    proc = run_cli("prepare", root / "sim", "-o", root / "data", "--min-hours", "0")
-    assert proc.returncode == 0, proc.stderr
-    return {"root": root, "sim": root / "sim", "data": root / "data"}
+    return {"root": root, "sim": root / "sim", "data": simulated_dataset(root, nights=3, hours=0.5)}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error, run_cli, write_edf
+from conftest import assert_clean_error, run_cli, simulated_dataset, write_edf
 
 QUICK = ("--epochs", "1", "--max-steps", "1", "--seq-len", "10", "--batch-size", "8", "--val-fraction", "0")
 CV_QUICK = ("--folds", "3", "--val-subjects-per-fold", "0", "--split-only")
@@ -28,13 +28,7 @@ CV_QUICK = ("--folds", "3", "--val-subjects-per-fold", "0", "--split-only")
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """Three simulated nights (MASS layout, one subject each) prepared into a dataset."""
-    from sleepstage_cli.simulate import simulate
-
-    root = tmp_path_factory.mktemp("faults-train")
-    simulate(root / "sim", nights=3, layout="mass", seed=5, hours=0.25)
-    proc = run_cli("prepare", root / "sim", "-o", root / "data", "--min-hours", "0")
-    assert proc.returncode == 0, proc.stderr
-    return root / "data"
+    return simulated_dataset(tmp_path_factory.mktemp("faults-train"), nights=3, hours=0.25)
 
 
 def copy_dataset(prepared: Path, dst: Path) -> Path:

@@ -215,8 +215,9 @@ def reader_count(nights: int) -> int:
     running between them: on two cores 1.1 s a night with two readers, 1.5 s with one
     (benchmarks/RESULTS.md, "Nights in bulk").
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(nights, cores, MAX_READERS))
+    from sleepstage_cli.interrupts import usable_cores
+
+    return max(1, min(nights, usable_cores(), MAX_READERS))
 
 
 class ReadAhead:

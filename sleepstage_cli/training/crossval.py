@@ -68,6 +68,7 @@ from sleepstage_cli.training.folds import (
     fold_summary,
     log_event,
     run_fold,
+    taken,
     this_process,
 )
 from sleepstage_cli.training.jobs import run_parallel
@@ -108,7 +109,6 @@ class CrossvalResult:
     folds: list[dict]
     evaluation: object | None  # sleepstage_cli.evaluation.evaluate.Evaluation
     skipped: list[int] = field(default_factory=list)
-    ran: list[int] = field(default_factory=list)
     missing: dict[int, str | None] = field(default_factory=dict)
 
 
@@ -388,7 +388,7 @@ def run_sequential(plan: RunPlan, todo: list[FoldJob], monitor: Monitor) -> None
                 summary = run_fold(job, StopRelay(cb, stop))
             except FoldBusy as exc:
                 monitor.fold_end(job.fold, None)
-                monitor.info(f"fold {exc.index} is being run by another sleepstage process ({exc.owner}): not run here")
+                monitor.info(f"{taken(exc.index, exc.owner)}: not run here")
                 continue
             except TrainingInterrupted:
                 monitor.fold_end(job.fold, None)
@@ -419,15 +419,15 @@ def _refuse_if_running(plan: RunPlan) -> None:
 
 
 def _run_folds(plan: RunPlan, selected: list[Fold], jobs: int, devices: list[str] | None,
-               monitor: Monitor) -> tuple[list[int], list[int]]:
-    """Run the selected folds nobody finished or runs now; (folds finished before, folds run here)."""
+               monitor: Monitor) -> list[int]:
+    """Run the selected folds nobody finished or runs now; returns those finished before."""
     done = [f.index for f in selected if fold_done(plan, f)]
     elsewhere = {f.index: owner for f in selected if f.index not in done and (owner := fold_owner(plan, f))}
     monitor.run_begin(len(selected), done)
     if done:
         monitor.info(f"{len(done)} of {len(selected)} folds already finished (fold {_ranges(done)}): not run again")
     for index, owner in elsewhere.items():
-        monitor.info(f"fold {index} is being run by another sleepstage process ({owner}): not run here")
+        monitor.info(f"{taken(index, owner)}: not run here")
     todo_folds = [f for f in selected if f.index not in done and f.index not in elsewhere]
     slots = _slots(min(jobs, max(1, len(todo_folds))), devices, plan.opts.device)
     todo = [FoldJob(plan.run_dir, plan.dataset, plan.opts, f, plan.digest, slots[0]) for f in todo_folds]
@@ -435,7 +435,7 @@ def _run_folds(plan: RunPlan, selected: list[Fold], jobs: int, devices: list[str
         run_sequential(plan, todo, monitor)
     elif todo:
         run_parallel(plan, todo, slots, monitor)
-    return done, [j.fold.index for j in todo if fold_done(plan, j.fold)]
+    return done
 
 
 @contextlib.contextmanager
@@ -498,9 +498,9 @@ def crossval(plan: RunPlan, jobs: int = 1, devices: list[str] | None = None, for
             if split_only:
                 return None
             running.enter_context(shared_lock(plan.run_dir, RUNNING))  # --force elsewhere is refused meanwhile
-        done, ran = ([], []) if pool_only else _run_folds(plan, selected, jobs, devices, monitor)
+        done = [] if pool_only else _run_folds(plan, selected, jobs, devices, monitor)
         result = _pool_if_complete(plan, pool_only, monitor)
-    result.skipped, result.ran = done, ran
+    result.skipped = done
     return result
 
 

@@ -120,11 +120,16 @@ def this_process() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
+def taken(index: int, owner: str) -> str:
+    """"fold 3 is being run by another sleepstage process (pid 1234 on node7)"."""
+    return f"fold {index} is being run by another sleepstage process ({owner})"
+
+
 class FoldBusy(SleepstageError):
     """Another process (on this machine or another sharing the run folder) is running the fold."""
 
     def __init__(self, index: int, owner: str, run_dir: Path) -> None:
-        super().__init__(f"fold {index} is being run by another sleepstage process ({owner})", run_dir)
+        super().__init__(taken(index, owner), run_dir)
         self.index, self.owner = index, owner
 
 

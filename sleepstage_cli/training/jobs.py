@@ -29,18 +29,12 @@ from sleepstage_cli.training.folds import (
     fold_summary,
     log_event,
     run_fold,
+    taken,
 )
 from sleepstage_cli.training.train import Callbacks
 
 INTERRUPTED_EXIT = 130
 _STEP_INTERVAL = 0.25  # seconds between progress messages from a worker
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class _QueueCallbacks(Callbacks):
@@ -173,11 +167,11 @@ def run_parallel(plan: RunPlan, todo: list[FoldJob], slots: list[str], monitor: 
     """Run ``todo`` on ``len(slots)`` worker processes, slot i on device ``slots[i]``."""
     import multiprocessing as mp
 
-    from sleepstage_cli.interrupts import GracefulStop
+    from sleepstage_cli.interrupts import GracefulStop, usable_cores
 
     ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and any CUDA state
     events = ctx.Queue()
-    threads = max(1, cpu_count() // len(slots))
+    threads = max(1, usable_cores() // len(slots))
     with GracefulStop("cross-validation") as stop:
         pool = _Dispatcher(plan, todo, monitor, events, stop)
         try:
@@ -252,7 +246,7 @@ class _Dispatcher:
         else:
             self.monitor.fold_end(fold, None)
             if status == "busy":
-                self.monitor.info(f"fold {index} is being run by another sleepstage process ({text}): not run here")
+                self.monitor.info(f"{taken(index, text)}: not run here")
             elif status == "interrupted":
                 self.interrupted = True
                 log_event(self.plan.run_dir, f"{fold.name}: interrupted (checkpoint saved)")
